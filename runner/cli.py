@@ -1,0 +1,53 @@
+"""The ``runner`` command: a Hydra app over ``conf/config.yaml`` that dispatches on ``task``.
+
+User mistakes (``UserError``) end with a short message and exit status 2; set
+``HYDRA_FULL_ERROR=1`` to see the full stack trace instead. Heavy libraries (torch, mlflow) are
+imported only when a task needs them, so ``--help`` and tab completion stay fast.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+EXIT_USER_ERROR = 2
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def _app(cfg: DictConfig):
+    from runner.errors import UserError
+
+    try:
+        return run_task(cfg)
+    except UserError as e:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def run_task(cfg: DictConfig):
+    from runner.api import prepare
+
+    prepared = prepare(cfg)
+    task = prepared.config.get("task", "train")
+    if task == "inspect":
+        from runner import report
+
+        report.print_inspection(prepared.net, prepared.init_report, prepared.config["inspect"].get("show"))
+        return None
+    from runner.train.run import train_task
+
+    return train_task(prepared, cfg)
+
+
+def main() -> None:
+    _app()
+
+
+if __name__ == "__main__":
+    main()

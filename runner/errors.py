@@ -1,0 +1,65 @@
+"""User-facing errors: short messages, every problem at once, no stack trace."""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Iterable
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input, located by its dotted config path."""
+
+    path: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}" if self.path else self.message
+
+
+class UserError(Exception):
+    """A mistake in the user's config, command line or files. Shown without a stack trace."""
+
+
+class ConfigError(UserError):
+    """One or more problems found in a config, reported together."""
+
+    def __init__(self, problems: Iterable[Problem], title: str = "invalid config"):
+        self.problems = list(problems)
+        self.title = title
+        super().__init__(self._format())
+
+    def _format(self) -> str:
+        n = len(self.problems)
+        head = f"{self.title} ({n} problem{'s' if n != 1 else ''}):"
+        return "\n".join([head, *(f"  - {p}" for p in self.problems)])
+
+
+class Problems:
+    """Collects problems during a validation pass, then raises them all at once."""
+
+    def __init__(self) -> None:
+        self.items: list[Problem] = []
+
+    def add(self, path: str, message: str) -> None:
+        self.items.append(Problem(path, message))
+
+    def extend(self, other: Iterable[Problem]) -> None:
+        self.items.extend(other)
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def raise_if_any(self, title: str = "invalid config") -> None:
+        if self.items:
+            raise ConfigError(self.items, title)
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'x'?)' when a close match exists, else ''."""
+    close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def one_of(choices: Iterable[str]) -> str:
+    return ", ".join(sorted(choices))

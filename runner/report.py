@@ -1,0 +1,111 @@
+"""Rich tables for what ``task=inspect`` and the API show: summary, parameters, init report, values."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from runner import names as N
+from runner.errors import UserError, did_you_mean
+from runner.model.summary import Summary, summarize
+
+
+def make_console() -> Console:
+    console = Console()
+    if not console.is_terminal:  # piped or captured: do not squeeze names into 80 columns
+        console = Console(width=200)
+    return console
+
+
+def shape_str(shape) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def summary_table(s: Summary) -> Table:
+    t = Table(title=f"Model: {s.model}", title_justify="left")
+    t.add_column("Layer (name)")
+    t.add_column("Type")
+    t.add_column("Output shape")
+    t.add_column("Params", justify="right")
+    for r in s.rows:
+        name = "  " * r.depth + N.leaf(r.name)
+        if r.is_block:
+            t.add_row(f"[bold]{name}[/]", r.type, shape_str(r.out_shape), f"[dim]({r.subtotal:,})[/]")
+        else:
+            params = f"{r.params:,}"
+            kind = r.type
+            if r.shared:
+                kind += f" [yellow](shares {', '.join(r.shared)})[/]"
+            t.add_row(name, kind, shape_str(r.out_shape), params)
+    return t
+
+
+def summary_footer(s: Summary) -> str:
+    return (f"Total params: {s.total:,}\nTrainable params: {s.trainable:,}\n"
+            f"Non-trainable params: {s.non_trainable:,}\n"
+            "[dim](block rows show their subtotal in parentheses; the other rows add up to the total)[/]")
+
+
+def params_table(net, init_report=None) -> Table:
+    entries = init_report.by_name() if init_report else {}
+    t = Table(title="Parameters", title_justify="left")
+    for col in ("Name", "Shape", "Dtype", "Trainable"):
+        t.add_column(col)
+    if init_report:
+        t.add_column("Init (rule)")
+    t.add_column("Shared as")
+    for name, p in net.params().items():
+        row = [name, shape_str(p.shape), str(p.dtype).replace("torch.", ""), "yes" if p.requires_grad else "no"]
+        if init_report:
+            e = entries.get(name)
+            row.append(f"{e.init} ({e.rule})" if e else "")
+        row.append(", ".join(aliases_of(net, name)))
+        t.add_row(*row)
+    return t
+
+
+def aliases_of(net, name: str) -> list[str]:
+    out = [a for a, c in net.param_aliases().items() if c == name and a != name]
+    out += [f"{a} (transposed)" for a, (c, _) in getattr(net, "transposed_aliases", {}).items() if c == name]
+    return out
+
+
+def init_table(report) -> Table:
+    t = Table(title=f"Init report (seed {report.seed})", title_justify="left")
+    for col in ("Parameter", "Rule", "Initializer", "Args", "Edits", "Mean", "Std", "Min", "Max"):
+        t.add_column(col, justify="right" if col in {"Mean", "Std", "Min", "Max"} else "left")
+    for e in report.entries:
+        args = ", ".join(f"{k}={v}" for k, v in e.args.items())
+        init = e.init if e.source == "init" else f"{e.init} <- {e.source}"
+        t.add_row(e.name, e.rule, init, args, "; ".join(e.edits),
+                  f"{e.mean:.4g}", f"{e.std:.4g}", f"{e.min:.4g}", f"{e.max:.4g}")
+    return t
+
+
+def print_values(net, pattern: str, console: Console) -> int:
+    table = dict(net.named_parameters(remove_duplicate=False))
+    chosen = N.select(table, pattern)
+    with torch.no_grad():
+        for name in chosen:
+            p = table[name]
+            console.print(f"[bold]{name}[/] {shape_str(p.shape)} {str(p.dtype).replace('torch.', '')}")
+            console.print(str(p.detach().cpu()).replace("tensor(", "", 1).rstrip(")"), markup=False, highlight=False)
+    return len(chosen)
+
+
+def print_inspection(net, init_report=None, values: str | None = None, console: Any = None) -> None:
+    if values:
+        names = list(dict(net.named_parameters(remove_duplicate=False)))
+        if not N.select(names, values):
+            raise UserError(f"inspect.show: no parameter matches {values!r}{did_you_mean(values, names)}")
+    console = console or make_console()
+    s = summarize(net)
+    console.print(summary_table(s))
+    console.print(summary_footer(s))
+    console.print(params_table(net, init_report))
+    if init_report is not None:
+        console.print(init_table(init_report))
+    if values:
+        print_values(net, values, console)

@@ -1,0 +1,1 @@
+"""Tracking: per-layer statistics and their delivery to MLflow."""

@@ -1,0 +1,90 @@
+"""The real CLI in a subprocess: inspect output, Hydra behaviour, user errors."""
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, run_cli
+
+
+def test_inspect_nested_prints_summary_params_and_values(run_dir):
+    r = run_cli("task=inspect", "model=d2l_nested", "inspect.show=body.block-1.dense.bias", run_dir)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout
+    assert "Total params: 85" in out and "Trainable params: 85" in out and "Non-trainable params: 0" in out
+    assert "body.block-3.dense.weight" in out
+    assert "block-1" in out and "(80)" in out
+    assert "body.block-1.dense.bias [4] float32" in out
+
+
+def test_inspect_does_not_import_mlflow(tmp_path):
+    code = (
+        "import sys\n"
+        f"sys.argv = ['runner', 'task=inspect', 'model=d2l_nested', 'hydra.run.dir={tmp_path}']\n"
+        "from runner.cli import main\n"
+        "try:\n    main()\nfinally:\n"
+        "    print('MLFLOW_LOADED' if any(m == 'mlflow' or m.startswith('mlflow.') for m in sys.modules) else 'NO_MLFLOW')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("NO_MLFLOW")
+
+
+def test_help_and_cfg_job_work():
+    r = run_cli("--help")
+    assert r.returncode == 0, r.stderr
+    assert "model: " in r.stdout and "d2l_nested" in r.stdout and "init: " in r.stdout
+    r = run_cli("--cfg", "job", "model=d2l_nested", "seed=7")
+    assert r.returncode == 0, r.stderr
+    assert "name: d2l_nested" in r.stdout and "seed: 7" in r.stdout
+
+
+def test_run_directory_is_created_with_hydra_configs(tmp_path):
+    r = run_cli("task=inspect", f"hydra.run.dir={tmp_path / 'r'}")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "r" / ".hydra" / "config.yaml").is_file()
+
+
+def test_multirun_inspect_sweeps(tmp_path):
+    r = run_cli("-m", "task=inspect", "model=d2l_mlp,d2l_nested", f"hydra.sweep.dir={tmp_path / 's'}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("Total params:") == 2
+    assert "Total params: 25" in r.stdout and "Total params: 85" in r.stdout
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["model.layers.1.type=lnear"], "model.layers[1].type: unknown layer type 'lnear' (did you mean 'linear'?)"),
+    (["model.layers.1.out=0", "+model.layers.2.activation=relux"],
+     "model.layers[1].out: must be a positive integer, got 0"),
+    (["+model.layers.1.otu=3"], "model.layers[1].otu: unknown key for 'linear' (did you mean 'out'?)"),
+    (["data=file"], "data.path: missing required value"),
+    (["task=inspekt"], "task: unknown task 'inspekt' (did you mean 'inspect'?)"),
+    (["inspect.show=nothing.here"], "inspect.show: no parameter matches 'nothing.here'"),
+    (["init=d2l_xavier_42", "model=d2l_nested"], "init.rules[0]: selects no parameter"),
+])
+def test_user_errors_are_short_and_exit_nonzero(args, expected, run_dir):
+    r = run_cli("task=inspect", *args, run_dir)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert expected in r.stderr
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+
+
+def test_all_problems_in_one_message(run_dir):
+    r = run_cli("task=inspect", "model.layers.1.out=0", "+model.layers.2.activation=relux", "seed=-3", run_dir)
+    assert r.returncode == 2
+    assert "(3 problems)" in r.stderr
+    for line in ("model.layers[1].out", "model.layers[2].activation", "seed: must be a non-negative integer"):
+        assert line in r.stderr
+
+
+def test_full_error_env_shows_the_trace(run_dir):
+    r = run_cli("task=inspect", "model.layers.1.type=lnear", run_dir, env={"HYDRA_FULL_ERROR": "1"})
+    assert r.returncode != 0
+    assert "Traceback" in r.stderr
+
+
+def test_unknown_group_option_is_reported_by_hydra(run_dir):
+    r = run_cli("task=inspect", "model=nope", run_dir)
+    assert r.returncode != 0
+    assert "Could not find 'model/nope'" in r.stderr
+    assert "Traceback" not in r.stderr

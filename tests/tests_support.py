@@ -1,0 +1,12 @@
+"""Importable helpers that tests name by dotted path (as users name their own code in configs)."""
+import torch
+
+
+class ScaledOnes:
+    """A class-style custom initializer: built with args, called with (tensor, generator)."""
+
+    def __init__(self, scale: float = 1.0):
+        self.scale = scale
+
+    def __call__(self, t: torch.Tensor, g: torch.Generator) -> None:
+        t.fill_(self.scale)
