@@ -10,6 +10,8 @@ Kinds (``data.kind``):
 - ``classification``: Gaussian clusters, one per class.
 - ``digits``: scikit-learn's bundled 8x8 handwritten digits (offline), images of shape (8, 8).
 - ``file``: your own ``.npz`` (arrays ``x`` and ``y``) or ``.csv`` (last column is the target).
+
+``autoencode: true`` replaces the targets by the (flattened) inputs.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ KINDS = {
     "digits": set(),
     "file": {"path", "task", "x_key", "y_key"},
 }
-COMMON = {"kind", "batch_size", "val_fraction", "shuffle", "seed", "nan_at"}
+COMMON = {"kind", "batch_size", "val_fraction", "shuffle", "seed", "nan_at", "autoencode"}
 TASKS = {"regression", "classification"}
 
 
@@ -131,7 +133,9 @@ def load_data(cfg: dict, seed: int = 0) -> Dataset:
     else:
         x, y, task = _read_file(cfg)
         num_classes = int(y.max()) + 1 if task == "classification" else 0
-    if "nan_at" in cfg and cfg["nan_at"] is not None:
+    if cfg.get("autoencode"):  # learn to reproduce the input (tied autoencoders)
+        y, task, num_classes = x.reshape(len(x), -1).clone(), "regression", 0
+    if cfg.get("nan_at") is not None:  # corrupt one sample: exercises the non-finite policy
         x = x.clone()
         x[int(cfg["nan_at"])] = float("nan")
     # the split is its own seeded permutation, independent of the training order

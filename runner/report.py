@@ -72,6 +72,21 @@ def aliases_of(net, name: str) -> list[str]:
     return out
 
 
+def ties_table(net) -> Table | None:
+    from runner.model.ties import tie_map
+
+    groups = tie_map(net)
+    if not groups:
+        return None
+    t = Table(title="Tie groups (one stored tensor each)", title_justify="left")
+    for col in ("Canonical", "Aliases", "Transposed aliases", "Shape"):
+        t.add_column(col)
+    params = net.params()
+    for canonical, g in groups.items():
+        t.add_row(canonical, ", ".join(g["aliases"]), ", ".join(g["transposed"]), shape_str(params[canonical].shape))
+    return t
+
+
 def init_table(report) -> Table:
     t = Table(title=f"Init report (seed {report.seed})", title_justify="left")
     for col in ("Parameter", "Rule", "Initializer", "Args", "Edits", "Mean", "Std", "Min", "Max"):
@@ -105,6 +120,9 @@ def print_inspection(net, init_report=None, values: str | None = None, console: 
     console.print(summary_table(s))
     console.print(summary_footer(s))
     console.print(params_table(net, init_report))
+    ties = ties_table(net)
+    if ties is not None:
+        console.print(ties)
     if init_report is not None:
         console.print(init_table(init_report))
     if values:

@@ -10,3 +10,12 @@ class ScaledOnes:
 
     def __call__(self, t: torch.Tensor, g: torch.Generator) -> None:
         t.fill_(self.scale)
+
+
+CALLS: list[tuple[int, ...]] = []
+
+
+def counting_ones(t: torch.Tensor, g: torch.Generator) -> None:
+    """Records each call, so tests can check how often init touched a tensor."""
+    CALLS.append(tuple(t.shape))
+    t.fill_(1.0)

@@ -17,6 +17,7 @@ from torch import nn
 
 from runner import names as N
 from runner.errors import ConfigError, Problem, Problems, UserError, did_you_mean, one_of
+from runner.model.ties import apply_ties, check_ties
 from runner.model.layers import (
     CONTAINER_FIELDS,
     LAYER_TYPES,
@@ -27,7 +28,7 @@ from runner.model.layers import (
     with_defaults,
 )
 
-MODEL_KEYS = {"name", "description", "layers"}
+MODEL_KEYS = {"name", "description", "layers", "ties"}
 
 
 # --- validation ------------------------------------------------------------------------------
@@ -42,6 +43,7 @@ def check_model(cfg: Any, path: str = "model") -> list[Problem]:
         if key not in MODEL_KEYS:
             p.add(f"{path}.{key}", f"unknown key{did_you_mean(key, MODEL_KEYS)}; allowed: {one_of(MODEL_KEYS)}")
     _check_children(cfg.get("layers"), f"{path}.layers", p)
+    p.extend(check_ties(cfg.get("ties"), f"{path}.ties"))
     return p.items
 
 
@@ -155,24 +157,41 @@ class Network(nn.Sequential):
         super().__init__(children)
         self.infos: dict[str, ModuleInfo] = {i.name: i for i in infos}
         self.config = config
+        # alias -> (canonical, "transpose") for parameters that are views of a tied tensor
+        self.transposed_aliases: dict[str, tuple[str, str]] = {}
 
     # Parameters ------------------------------------------------------------------------------
+    def _named(self):
+        """(name, parameter) for every use, without torch's internal parametrization names."""
+        return [(n, p) for n, p in self.named_parameters(remove_duplicate=False) if ".parametrizations." not in n]
+
     def params(self) -> "OrderedDict[str, nn.Parameter]":
-        """Every distinct parameter by its canonical dotted name, in model order."""
-        return OrderedDict(self.named_parameters())
+        """Every distinct parameter by its canonical name (its first use in model order)."""
+        out: OrderedDict[str, nn.Parameter] = OrderedDict()
+        seen: set[int] = set()
+        for n, p in self._named():
+            if id(p) not in seen:
+                seen.add(id(p))
+                out[n] = p
+        return out
 
     def param_aliases(self) -> "OrderedDict[str, str]":
-        """Every name a parameter can be reached by (including shared uses) -> canonical name."""
-        canonical = {id(p): n for n, p in self.named_parameters()}
-        return OrderedDict(
-            (n, canonical[id(p)]) for n, p in self.named_parameters(remove_duplicate=False)
-        )
+        """Every name a parameter can be reached by (shared uses included) -> canonical name."""
+        canonical = {id(p): n for n, p in reversed(self.params().items())}
+        return OrderedDict((n, canonical[id(p)]) for n, p in self._named())
 
-    def param(self, name: str) -> nn.Parameter:
-        """The parameter called ``name`` (canonical or alias name)."""
-        table = dict(self.named_parameters(remove_duplicate=False))
+    def param(self, name: str) -> torch.Tensor:
+        """The parameter called ``name`` (canonical or alias name).
+
+        For the transposed side of a transposed tie this is the computed view (``W.T``) of the
+        stored parameter, which :meth:`params` lists under its canonical name.
+        """
+        if name in self.transposed_aliases:
+            return getattr(self.module(N.parent(name)), N.leaf(name))
+        table = dict(self._named())
         if name not in table:
-            raise UserError(f"no parameter named {name!r}{did_you_mean(name, table)}")
+            choices = [*table, *self.transposed_aliases]
+            raise UserError(f"no parameter named {name!r}{did_you_mean(name, choices)}")
         return table[name]
 
     def module(self, name: str) -> nn.Module:
@@ -198,7 +217,9 @@ def build_model(cfg: dict, sample: torch.Tensor, path: str = "model") -> Network
     with torch.no_grad():
         children, out = _build_children(cfg["layers"], f"{path}.layers", "", sample, infos)
     root = ModuleInfo("", "model", path, tuple(out.shape), True)
-    return Network(children, [root, *infos], cfg)
+    net = Network(children, [root, *infos], cfg)
+    apply_ties(net, cfg.get("ties"), f"{path}.ties")
+    return net
 
 
 def _build_children(layers: list, path: str, prefix: str, x: torch.Tensor, infos: list[ModuleInfo]):

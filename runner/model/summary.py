@@ -39,7 +39,7 @@ class Summary:
 def summarize(net: Network) -> Summary:
     counted: set[int] = set()
     rows: list[Row] = []
-    aliases = net.param_aliases()
+    canonical = {id(p): n for n, p in net.params().items()}
     for name, info in net.infos.items():
         if name == "":
             continue
@@ -52,7 +52,7 @@ def summarize(net: Network) -> Summary:
         shared = []
         for pname, p in module.named_parameters(prefix=name, remove_duplicate=False):
             if id(p) in counted:
-                shared.append(aliases.get(pname, pname))
+                shared.append(canonical[id(p)])
                 continue
             counted.add(id(p))
             own += p.numel()
