@@ -16,9 +16,22 @@ def leaf_rows_total(s):
     return sum(r.params for r in s.rows if not r.is_block)
 
 
+def build_checked(model, data, overrides=()):
+    net = runner.build(model=model, data=data, overrides=list(overrides))
+    s = summarize(net)
+    assert s.total == sum(p.numel() for p in net.parameters())
+    assert leaf_rows_total(s) == s.total
+    return net
+
+
 @pytest.mark.parametrize("model", presets("model"))
+def test_every_shipped_model_builds_on_the_chapter_data(model):
+    build_checked(model, "d2l_uniform")
+
+
+@pytest.mark.parametrize("model", ["d2l_mlp", "mlp_wide"])
 @pytest.mark.parametrize("data", presets("data"))
-def test_every_shipped_model_builds_on_every_dataset(model, data, tmp_path):
+def test_every_shipped_dataset_builds_a_model(model, data, tmp_path):
     overrides = []
     if data == "file":
         import numpy as np
@@ -26,10 +39,13 @@ def test_every_shipped_model_builds_on_every_dataset(model, data, tmp_path):
         path = tmp_path / "d.npz"
         np.savez(path, x=np.random.rand(20, 3).astype("float32"), y=np.random.rand(20, 1).astype("float32"))
         overrides = [f"data.path={path}"]
-    net = runner.build(model=model, data=data, overrides=overrides)
-    s = summarize(net)
-    assert s.total == sum(p.numel() for p in net.parameters())
-    assert leaf_rows_total(s) == s.total
+    build_checked(model, data, overrides)
+
+
+def test_reusing_a_layer_needs_matching_sizes():
+    # the chapter's shared Dense(4) works on 4 features only; other inputs get a clear error
+    with pytest.raises(ConfigError, match=r"model.layers\[2\]: does not fit an input of shape \[64, 4\]"):
+        runner.build(model="d2l_tied", data="classification")
 
 
 def test_d2l_mlp_counts_and_names():
