@@ -14,12 +14,14 @@ import hydra
 from omegaconf import DictConfig
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _app(cfg: DictConfig):
-    from runner.errors import UserError
+    from runner.errors import Terminated, UserError
 
     try:
         return run_task(cfg)
@@ -28,10 +30,27 @@ def _app(cfg: DictConfig):
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except Terminated:
+        print("terminated (SIGTERM)", file=sys.stderr)
+        sys.exit(EXIT_TERMINATED)
+
+
+def quiet_library_logs() -> None:
+    """Keep MLflow's and matplotlib's INFO chatter out of the run's output."""
+    import logging
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    for name in ("mlflow", "matplotlib", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def run_task(cfg: DictConfig):
     from runner.api import prepare
+
+    quiet_library_logs()
 
     prepared = prepare(cfg)
     task = prepared.config.get("task", "train")
@@ -42,7 +61,7 @@ def run_task(cfg: DictConfig):
         return None
     from runner.train.run import train_task
 
-    return train_task(prepared, cfg)
+    return train_task(prepared)
 
 
 def main() -> None:

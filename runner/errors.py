@@ -21,6 +21,10 @@ class UserError(Exception):
     """A mistake in the user's config, command line or files. Shown without a stack trace."""
 
 
+class Terminated(BaseException):
+    """Raised in the main thread when the process receives SIGTERM, so runs can end as KILLED."""
+
+
 class ConfigError(UserError):
     """One or more problems found in a config, reported together."""
 

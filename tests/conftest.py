@@ -25,3 +25,42 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
 def run_dir(tmp_path):
     """A Hydra run directory inside the test's tmp dir."""
     return f"hydra.run.dir={tmp_path / 'run'}"
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory):
+    """One migrated MLflow sqlite store per test session (migrations take seconds)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    return path
+
+
+class Store:
+    def __init__(self, db: Path):
+        from mlflow import MlflowClient
+
+        self.db = db
+        self.uri = f"sqlite:///{db}"
+        self.client = MlflowClient(self.uri)
+
+    def runs(self, experiment: str = "runner"):
+        exp = self.client.get_experiment_by_name(experiment)
+        return self.client.search_runs([exp.experiment_id]) if exp else []
+
+    def only_run(self, experiment: str = "runner"):
+        runs = self.runs(experiment)
+        assert len(runs) == 1, [r.info.run_name for r in runs]
+        return runs[0]
+
+
+@pytest.fixture
+def store(tmp_path, template_db):
+    """A real MLflow sqlite store for one test, copied from the migrated template."""
+    import shutil
+
+    db = tmp_path / "outputs" / "mlflow.db"
+    db.parent.mkdir(parents=True)
+    shutil.copy(template_db, db)
+    return Store(db)

@@ -1,13 +1,65 @@
-"""The ``tracking`` group's schema check."""
+"""The ``tracking`` group: schema check and the default store location."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from runner.errors import Problem, Problems
+from runner.errors import Problem, Problems, did_you_mean, one_of
+from runner.tracking.stats import GRAD_STATS, WEIGHT_STATS
+
+KEYS = {"enabled", "uri", "experiment", "run_name", "every_n_steps", "stats", "activations", "histograms",
+        "max_keys", "queue_size", "system_metrics"}
+STATS_KEYS = {"weights", "grads", "update_ratio"}
+HIST_KEYS = {"enabled", "sample", "bins", "every_n_epochs"}
+
+
+def default_uri(base: Path | None = None) -> str:
+    """``sqlite:////abs/outputs/mlflow.db`` under ``base`` (the launch directory)."""
+    path = ((base or Path.cwd()) / "outputs" / "mlflow.db").resolve()
+    return f"sqlite:///{path}"
+
+
+def _unknown(p: Problems, cfg: dict, allowed: set, path: str) -> None:
+    for key in cfg:
+        if key not in allowed:
+            p.add(f"{path}.{key}", f"unknown key{did_you_mean(key, allowed)}; allowed: {one_of(allowed)}")
+
+
+def _pos_int(p: Problems, cfg: dict, key: str, path: str, zero_ok: bool = False) -> None:
+    v = cfg.get(key)
+    if v is None:
+        return
+    if isinstance(v, bool) or not isinstance(v, int) or v < (0 if zero_ok else 1):
+        p.add(f"{path}.{key}", f"must be a {'non-negative' if zero_ok else 'positive'} integer, got {v!r}")
 
 
 def check_tracking(cfg: Any, path: str = "tracking") -> list[Problem]:
     p = Problems()
     if not isinstance(cfg, dict):
         p.add(path, "must be a mapping")
+        return p.items
+    _unknown(p, cfg, KEYS, path)
+    for key in ("every_n_steps", "max_keys", "queue_size"):
+        _pos_int(p, cfg, key, path)
+    for key in ("experiment",):
+        if not isinstance(cfg.get(key, "runner"), str) or not cfg.get(key, "runner"):
+            p.add(f"{path}.{key}", "must be a non-empty string")
+    stats = cfg.get("stats") or {}
+    if not isinstance(stats, dict):
+        p.add(f"{path}.stats", "must be a mapping with weights, grads, update_ratio")
+    else:
+        _unknown(p, stats, STATS_KEYS, f"{path}.stats")
+        for key, allowed in (("weights", WEIGHT_STATS), ("grads", GRAD_STATS)):
+            for s in stats.get(key) or []:
+                if s not in allowed:
+                    p.add(f"{path}.stats.{key}", f"unknown statistic {s!r}{did_you_mean(str(s), allowed)}; "
+                          f"choose from {', '.join(allowed)}")
+    hist = cfg.get("histograms") or {}
+    if not isinstance(hist, dict):
+        p.add(f"{path}.histograms", "must be a mapping")
+    else:
+        _unknown(p, hist, HIST_KEYS, f"{path}.histograms")
+        for key in ("sample", "bins"):
+            _pos_int(p, hist, key, f"{path}.histograms")
+        _pos_int(p, hist, "every_n_epochs", f"{path}.histograms", zero_ok=True)
     return p.items

@@ -3,11 +3,64 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.errors import Problem, Problems
+from runner.errors import Problem, Problems, did_you_mean, one_of
+
+OPTIMIZERS = ("sgd", "adam", "adamw")
+SCHEDULES = ("step", "cosine", "exponential")
+LOSSES = ("auto", "mse", "l1", "cross_entropy")
+DEVICES = ("auto", "cpu", "cuda")
+POLICIES = ("skip", "abort_after", "abort")
+PROGRESS = ("auto", "bar", "quiet")
+TRAIN_KEYS = {"optimizer", "lr", "optimizer_args", "schedule", "schedule_args", "epochs", "max_steps",
+              "grad_clip", "loss", "device", "nonfinite", "progress"}
+
+
+def _choice(p: Problems, cfg: dict, key: str, choices, path: str, nullable: bool = False) -> None:
+    v = cfg.get(key)
+    if v is None and nullable:
+        return
+    if v not in choices:
+        p.add(f"{path}.{key}", f"unknown value {v!r}{did_you_mean(str(v), choices)}; choose one of {', '.join(choices)}"
+              + (" or null" if nullable else ""))
+
+
+def _positive(p: Problems, cfg: dict, key: str, path: str, integer: bool = False, nullable: bool = False) -> None:
+    v = cfg.get(key)
+    if v is None and nullable:
+        return
+    ok_type = int if integer else (int, float)
+    if isinstance(v, bool) or not isinstance(v, ok_type) or v <= 0:
+        kind = "integer" if integer else "number"
+        p.add(f"{path}.{key}", f"must be a positive {kind}{' or null' if nullable else ''}, got {v!r}")
 
 
 def check_train(cfg: Any, path: str = "train") -> list[Problem]:
     p = Problems()
     if not isinstance(cfg, dict):
         p.add(path, "must be a mapping")
+        return p.items
+    for key in cfg:
+        if key not in TRAIN_KEYS:
+            p.add(f"{path}.{key}", f"unknown key{did_you_mean(key, TRAIN_KEYS)}; allowed: {one_of(TRAIN_KEYS)}")
+    _choice(p, cfg, "optimizer", OPTIMIZERS, path)
+    _choice(p, cfg, "schedule", SCHEDULES, path, nullable=True)
+    _choice(p, cfg, "loss", LOSSES, path)
+    _choice(p, cfg, "device", DEVICES, path)
+    _choice(p, cfg, "progress", PROGRESS, path)
+    _positive(p, cfg, "lr", path)
+    _positive(p, cfg, "epochs", path, integer=True)
+    _positive(p, cfg, "max_steps", path, integer=True, nullable=True)
+    _positive(p, cfg, "grad_clip", path, nullable=True)
+    for key in ("optimizer_args", "schedule_args"):
+        if not isinstance(cfg.get(key) or {}, dict):
+            p.add(f"{path}.{key}", "must be a mapping of argument names to values")
+    nf = cfg.get("nonfinite") or {}
+    if not isinstance(nf, dict):
+        p.add(f"{path}.nonfinite", "must be a mapping with policy and patience")
+    else:
+        for key in nf:
+            if key not in {"policy", "patience"}:
+                p.add(f"{path}.nonfinite.{key}", f"unknown key{did_you_mean(key, ['policy', 'patience'])}")
+        _choice(p, {"policy": nf.get("policy", "abort_after")}, "policy", POLICIES, f"{path}.nonfinite")
+        _positive(p, {"patience": nf.get("patience", 3)}, "patience", f"{path}.nonfinite", integer=True)
     return p.items

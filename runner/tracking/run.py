@@ -1,0 +1,150 @@
+"""One MLflow run around a training job, with a status that tells the truth.
+
+FINISHED on success, FAILED on an exception (a non-finite abort included), KILLED on Ctrl-C or
+SIGTERM (MLflow alone leaves a SIGTERM-ed run RUNNING forever). Params are the flattened resolved
+config; tags carry the task, the Hydra overrides and group choices and the git commit; the run
+directory's reports and ``.hydra/`` configs are logged as artifacts.
+"""
+from __future__ import annotations
+
+import signal
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+from runner.errors import Terminated
+from runner.tracking.config import default_uri
+from runner.tracking.sink import MlflowSink, SinkReport
+
+PARAM_VALUE_MAX = 6000
+
+
+def flatten(cfg: Any, prefix: str = "") -> dict[str, str]:
+    """``{"model": {"layers": [{"type": "linear"}]}}`` -> ``{"model.layers.0.type": "linear"}``."""
+    out: dict[str, str] = {}
+    items = cfg.items() if isinstance(cfg, dict) else enumerate(cfg) if isinstance(cfg, list) else None
+    if items is None or (isinstance(cfg, (dict, list)) and not cfg):
+        value = "" if cfg is None else str(cfg)
+        out[prefix] = value if len(value) <= PARAM_VALUE_MAX else value[: PARAM_VALUE_MAX - 3] + "..."
+        return out
+    for k, v in items:
+        out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    return out
+
+
+def git_commit(where: Path) -> str | None:
+    try:
+        r = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True, timeout=5)
+        return r.stdout.strip() or None if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def ensure_experiment(client: Any, name: str, artifact_root: Path | None) -> str:
+    """The id of experiment ``name``, creating it (race-safe) when missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        location = artifact_root.resolve().as_uri() if artifact_root else None
+        return client.create_experiment(name, artifact_location=location)
+    except Exception:
+        exp = client.get_experiment_by_name(name)  # another process made it first
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+class TrackedRun:
+    """Context manager: create the run, start the writer, end the run with its true status."""
+
+    def __init__(self, config: dict, run_dir: Path, tags: dict[str, str] | None = None):
+        self.config = config
+        self.tcfg = config["tracking"]
+        self.run_dir = run_dir
+        self.uri = self.tcfg.get("uri") or default_uri()
+        self.extra_tags = tags or {}
+        self.status = "RUNNING"
+        self.sink_report: SinkReport | None = None
+        self._monitor = None
+        self._old_handler = None
+
+    def __enter__(self) -> "TrackedRun":
+        from mlflow import MlflowClient
+        from mlflow.entities import Param, RunTag
+
+        if self.uri.startswith("sqlite:///"):
+            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        self.client = MlflowClient(self.uri)
+        artifact_root = None
+        if self.uri.startswith("sqlite:///"):
+            artifact_root = Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts"
+        self.experiment_id = ensure_experiment(self.client, self.tcfg.get("experiment") or "runner", artifact_root)
+        tags = {"runner.task": "train", **self.extra_tags}
+        commit = git_commit(Path.cwd())
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        run = self.client.create_run(self.experiment_id, run_name=self.run_name(), tags=tags)
+        self.run_id = run.info.run_id
+        params = [Param(k, v) for k, v in flatten(self.config).items()]
+        for i in range(0, len(params), 100):
+            self.client.log_batch(self.run_id, params=params[i:i + 100], synchronous=True)
+        self.sink = MlflowSink(self.client, self.run_id, int(self.tcfg.get("queue_size", 10_000)))
+        if self.tcfg.get("system_metrics", True):
+            self._start_system_metrics()
+        if threading.current_thread() is threading.main_thread():
+            self._old_handler = signal.signal(signal.SIGTERM, _raise_terminated)
+        return self
+
+    def run_name(self) -> str:
+        if self.tcfg.get("run_name"):
+            return str(self.tcfg["run_name"])
+        import time
+
+        return f"{self.config['model'].get('name', 'model')}-{time.strftime('%H%M%S')}"
+
+    def log_artifacts(self) -> None:
+        """Queue the run directory's files (reports, ``.hydra/``) for upload by the writer."""
+        hydra_dir = self.run_dir / ".hydra"
+        files = [f for f in sorted(self.run_dir.glob("*")) if f.is_file() and f.suffix in {".json", ".txt", ".yaml"}]
+        def upload() -> None:
+            for f in files:
+                self.client.log_artifact(self.run_id, str(f))
+            if hydra_dir.is_dir():
+                self.client.log_artifacts(self.run_id, str(hydra_dir), artifact_path="hydra")
+        self.sink.call(upload)
+
+    def _start_system_metrics(self) -> None:
+        try:
+            from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+            self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=10, samples_before_logging=1,
+                                                 tracking_uri=self.uri)
+            self._monitor.start()
+        except Exception:  # psutil missing or the monitor unavailable: training goes on without it
+            self._monitor = None
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.status = "FINISHED"
+        elif issubclass(exc_type, (KeyboardInterrupt, Terminated)):
+            self.status = "KILLED"
+        else:
+            self.status = "FAILED"
+        if self._old_handler is not None:
+            signal.signal(signal.SIGTERM, self._old_handler)
+        try:
+            self.sink_report = self.sink.close()
+            if self._monitor is not None:
+                self._monitor.finish()
+        finally:
+            self.client.set_terminated(self.run_id, self.status)
+        return False
+
+    def ui_command(self) -> str:
+        return f"mlflow ui --backend-store-uri '{self.uri}' --host 127.0.0.1 --port 5000"
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()

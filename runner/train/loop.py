@@ -1,0 +1,122 @@
+"""The training loop: plain torch, readable top to bottom.
+
+It knows nothing of MLflow: a ``tracker`` (``runner.tracking.Tracker``) receives statistics on
+logging steps and metrics at epoch ends. Position in the data is (epoch, batch), the global
+``step`` counts batches consumed (a skipped non-finite step counts too).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from runner.train.nonfinite import NonFinitePolicy
+from runner.train.optim import make_loss, make_optimizer, make_schedule, pick_device
+from runner.train.progress import Progress
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    epochs: int
+    final: dict[str, float] = field(default_factory=dict)  # last validation metrics and train loss
+    skipped: int = 0
+    seconds: float = 0.0
+
+
+def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, task: str, device, batch: int = 1024):
+    """Validation loss (and accuracy for classification) over a whole split."""
+    if len(x) == 0:
+        return {}
+    net.eval()
+    total, correct = 0.0, 0
+    with torch.no_grad():
+        for i in range(0, len(x), batch):
+            xb, yb = x[i:i + batch].to(device), y[i:i + batch].to(device)
+            out = net(xb)
+            total += loss_fn(out, yb).item() * len(xb)
+            if task == "classification":
+                correct += (out.argmax(-1) == yb).sum().item()
+    net.train()
+    metrics = {"val/loss": total / len(x)}
+    if task == "classification":
+        metrics["val/accuracy"] = correct / len(x)
+    return metrics
+
+
+def fit(net: nn.Module, data, cfg: dict, tracker: Any = None) -> TrainResult:
+    """Train ``net`` on ``data`` as ``cfg`` (the ``train`` group) says."""
+    device = pick_device(cfg.get("device", "auto"))
+    net.to(device)
+    params = list(net.parameters())
+    opt = make_optimizer(params, cfg)
+    loss_fn = make_loss(cfg, data.task)
+    epochs = int(cfg["epochs"])
+    total = epochs * data.batches_per_epoch
+    if cfg.get("max_steps"):
+        total = min(total, int(cfg["max_steps"]))
+    sched = make_schedule(opt, cfg, total)
+    nf = cfg.get("nonfinite") or {}
+    policy = NonFinitePolicy(nf.get("policy", "abort_after"), int(nf.get("patience", 3)))
+    clip = cfg.get("grad_clip")
+    if tracker is not None:
+        tracker.start(device)
+    progress = Progress(cfg.get("progress", "auto"), total)
+    step, epoch = 0, 0
+    final: dict[str, float] = {}
+    started = time.perf_counter()
+    net.train()
+    with progress:
+        for epoch in range(epochs):
+            seen = 0
+            epoch_start = time.perf_counter()
+            loss_sum = torch.zeros((), device=device)
+            for b, xb, yb in data.batches(epoch):
+                if step >= total:
+                    break
+                step += 1
+                log_now = tracker is not None and tracker.due(step)
+                xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
+                if log_now:
+                    tracker.activations(True)
+                out = net(xb)
+                loss = loss_fn(out, yb)
+                if log_now:
+                    tracker.activations(False)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if clip:
+                    gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
+                else:
+                    grads = [p.grad for p in params if p.grad is not None]
+                    gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.new_zeros(())
+                if not bool(torch.isfinite(loss.detach() + gnorm)):  # one sync per step
+                    what = "loss" if not torch.isfinite(loss) else "gradients"
+                    policy.bad(f"step {step} (epoch {epoch}, batch {b})", what)
+                    opt.zero_grad(set_to_none=True)
+                    if tracker is not None:
+                        tracker.skipped(step, policy.skipped)
+                    continue
+                policy.ok()
+                if log_now:
+                    tracker.before_step(gnorm)
+                opt.step()
+                if sched is not None:
+                    sched.step()
+                loss_sum += loss.detach()
+                seen += 1
+                if log_now:
+                    tracker.after_step(step, loss, [g["lr"] for g in opt.param_groups])
+                progress.advance(step, loss)
+            val = evaluate(net, data.x_val, data.y_val, loss_fn, data.task, device)
+            final = {"train/epoch_loss": (loss_sum / max(seen, 1)).item(), **val}
+            rate = seen * data.batch_size / max(time.perf_counter() - epoch_start, 1e-9)
+            if tracker is not None:
+                tracker.epoch_end(epoch, step, {**final, "train/samples_per_s": rate})
+            progress.epoch_end(epoch, step, final)
+            if step >= total:
+                break
+    return TrainResult(step, epoch + 1, final, policy.skipped, time.perf_counter() - started)

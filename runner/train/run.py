@@ -1,0 +1,99 @@
+"""``task=train``: reports into the run directory, a tracked MLflow run around the loop, and a
+closing message that says where the run is and how to look at it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from runner.errors import UserError
+
+
+def run_directory() -> Path:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(HydraConfig.get().runtime.output_dir)
+    except ImportError:
+        pass
+    return Path.cwd()
+
+
+def hydra_tags() -> dict[str, str]:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if not HydraConfig.initialized():
+            return {}
+        hc = HydraConfig.get()
+        tags = {f"runner.{group}": str(choice) for group, choice in hc.runtime.choices.items()
+                if not group.startswith("hydra") and choice is not None}
+        tags["runner.overrides"] = " ".join(hc.overrides.task) or "(none)"
+        return tags
+    except (ImportError, ValueError):
+        return {}
+
+
+def write_reports(prepared, out: Path) -> None:
+    """summary.txt, parameters.txt, init_report.json, tie_map.json, config.yaml in the run directory."""
+    from omegaconf import OmegaConf
+    from rich.console import Console
+
+    from runner import report
+    from runner.model.ties import tie_map
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "summary.txt", "w") as f:
+        console = Console(file=f, width=200, color_system=None)
+        s = report.summarize(prepared.net)
+        console.print(report.summary_table(s))
+        console.print(report.summary_footer(s))
+        console.print(report.params_table(prepared.net, prepared.init_report))
+    (out / "init_report.json").write_text(json.dumps(prepared.init_report.to_dict(), indent=1))
+    (out / "tie_map.json").write_text(json.dumps(tie_map(prepared.net), indent=1))
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(prepared.config)))
+
+
+def train_task(prepared) -> float | None:
+    from runner.tracking.stats import StatsCollector
+    from runner.tracking.tracker import Tracker
+    from runner.train.loop import fit
+
+    cfg = prepared.config
+    out = run_directory()
+    write_reports(prepared, out)
+    tcfg = cfg["tracking"]
+    if not tcfg.get("enabled", True):
+        result = fit(prepared.net, prepared.data, cfg["train"])
+        print(f"trained {result.steps} steps; {_fmt(result.final)} (tracking disabled)")
+        return result.final.get("val/loss")
+
+    from runner.tracking.run import TrackedRun
+
+    collector = StatsCollector(prepared.net, tcfg, cfg.get("seed", 0))
+    budget = int(tcfg.get("max_keys", 1000))
+    if collector.keys_per_step() > budget:
+        raise UserError(f"tracking.max_keys: this model would log {collector.keys_per_step()} metric keys per run, "
+                        f"over the budget of {budget} (the MLflow UI slows with many keys). Trim tracking.stats, "
+                        "or raise tracking.max_keys.")
+    with TrackedRun(cfg, out, hydra_tags()) as run:
+        run.log_artifacts()
+        tracker = Tracker(collector, run.sink, tcfg.get("histograms"))
+        result = fit(prepared.net, prepared.data, cfg["train"], tracker)
+        tracker.finish(result.steps)
+    rep = run.sink_report
+    print(f"run {run.run_id} ({run.status}) in experiment '{tcfg.get('experiment')}': "
+          f"{result.steps} steps, {_fmt(result.final)}")
+    print(f"  metrics: {rep.delivered}/{rep.queued} delivered"
+          + (f", training waited {rep.waited_s:.2f}s on a full queue" if rep.waited_s > 0.01 else "")
+          + (f", {rep.lost} lost: {rep.errors[0]}" if rep.lost else ""))
+    if result.skipped:
+        print(f"  {result.skipped} non-finite step(s) skipped")
+    print(f"  run directory: {out}")
+    print(f"  view it: {run.ui_command()}  then open http://127.0.0.1:5000/#/experiments/"
+          f"{run.experiment_id}/runs/{run.run_id}")
+    return result.final.get("val/loss")
+
+
+def _fmt(metrics: dict) -> str:
+    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no validation data"
