@@ -1,3 +1,4 @@
 from runner.cli import main
 
-main()
+if __name__ == "__main__":  # guarded: the MLflow writer process is spawned and re-imports __main__
+    main()

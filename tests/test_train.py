@@ -142,7 +142,7 @@ def test_exception_inside_the_run_marks_it_failed(store, tmp_path):
 def test_sink_delivers_everything_even_with_a_tiny_queue(store):
     exp = store.client.create_experiment("sink")
     run_id = store.client.create_run(exp).info.run_id
-    sink = MlflowSink(store.client, run_id, queue_size=2)
+    sink = MlflowSink(store.uri, run_id, queue_size=2)
     for step in range(1, 51):
         sink.log({f"m{i}/x": float(step * i) for i in range(20)}, step)
     report = sink.close()
@@ -161,9 +161,9 @@ def test_collector_values_match_direct_computation():
     gnorm = torch.nn.utils.clip_grad_norm_(list(net.parameters()), 1e9)
     grads = {n: p.grad.clone() for n, p in net.params().items()}
     before = {n: p.detach().clone() for n, p in net.params().items()}
-    c.before_step(gnorm)
+    c.before_step(gnorm.item())
     opt.step()
-    logged = c.after_step(1, torch.tensor(0.25), [0.5])
+    logged = c.after_step(1, 0.25, [0.5])
     m = logged.metrics
     w = net.param("hidden.weight").detach()
     assert m["weight_norm/hidden.weight"] == pytest.approx(w.norm().item())

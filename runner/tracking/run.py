@@ -87,10 +87,11 @@ class TrackedRun:
             tags["mlflow.source.git.commit"] = commit
         run = self.client.create_run(self.experiment_id, run_name=self.run_name(), tags=tags)
         self.run_id = run.info.run_id
+        self.sink = MlflowSink(self.uri, self.run_id, int(self.tcfg.get("queue_size", 10_000)))
         params = [Param(k, v) for k, v in flatten(self.config).items()]
         for i in range(0, len(params), 100):
             self.client.log_batch(self.run_id, params=params[i:i + 100], synchronous=True)
-        self.sink = MlflowSink(self.client, self.run_id, int(self.tcfg.get("queue_size", 10_000)))
+        self.sink.wait_ready()
         if self.tcfg.get("system_metrics", True):
             self._start_system_metrics()
         if threading.current_thread() is threading.main_thread():
@@ -107,13 +108,8 @@ class TrackedRun:
     def log_artifacts(self) -> None:
         """Queue the run directory's files (reports, ``.hydra/``) for upload by the writer."""
         hydra_dir = self.run_dir / ".hydra"
-        files = [f for f in sorted(self.run_dir.glob("*")) if f.is_file() and f.suffix in {".json", ".txt", ".yaml"}]
-        def upload() -> None:
-            for f in files:
-                self.client.log_artifact(self.run_id, str(f))
-            if hydra_dir.is_dir():
-                self.client.log_artifacts(self.run_id, str(hydra_dir), artifact_path="hydra")
-        self.sink.call(upload)
+        files = [str(f) for f in sorted(self.run_dir.glob("*")) if f.is_file() and f.suffix in {".json", ".txt", ".yaml"}]
+        self.sink.artifacts(files, {str(hydra_dir): "hydra"} if hydra_dir.is_dir() else {})
 
     def _start_system_metrics(self) -> None:
         try:

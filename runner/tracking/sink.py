@@ -1,22 +1,27 @@
-"""Delivery to MLflow off the training thread: a bounded queue and one writer thread.
+"""Delivery to MLflow off the training process: a bounded queue and one writer process.
 
-The training thread only enqueues plain Python values. The writer drains whatever is waiting and
-writes it with ``log_batch`` (up to 1000 metrics a call), which the sqlite store ingests many
-times faster than one call per metric. Images and artifacts are rendered and written on the same
-thread. ``close()`` delivers everything queued before it returns, and reports what happened: how
-much was queued and delivered, the largest backlog, and how long (if ever) training had to wait
-because the queue was full.
+The training loop only enqueues plain Python values. A writer *process* (not a thread: the store
+client is Python-heavy and would compete with training for the GIL) drains whatever is waiting
+and writes it with ``log_batch`` (up to 1000 metrics a call), which the sqlite store ingests many
+times faster than one call per metric. Histogram heat maps are rendered and artifacts uploaded
+there too. ``close()`` delivers everything queued before it returns and reports what happened:
+values queued and delivered, the largest backlog, how long (if ever) training waited because
+the queue was full, and any store errors. The writer ignores Ctrl-C and SIGTERM so that it can
+finish delivering while the run is being ended, and exits on its own if the trainer dies.
 """
 from __future__ import annotations
 
+import multiprocessing as mp
+import os
 import queue
-import threading
+import signal
 import time
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
-BATCH = 1000
-_STOP = object()
+BATCH = 1000          # metrics per log_batch call (MLflow's limit)
+FLUSH_SECONDS = 2.0   # the longest a value waits in the writer before it is written
+STOP = "stop"
 
 
 @dataclass
@@ -24,7 +29,9 @@ class SinkReport:
     queued: int = 0         # metric values handed to the sink
     delivered: int = 0      # metric values the store accepted
     max_backlog: int = 0    # most items waiting in the queue at once
-    waited_s: float = 0.0   # time the training thread spent blocked on a full queue
+    waited_s: float = 0.0   # time the training loop spent blocked on a full queue
+    images: int = 0         # images logged
+    finished_at: float = 0.0  # wall-clock time (time.time()) when the writer had written everything
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -33,27 +40,38 @@ class SinkReport:
 
 
 class MlflowSink:
-    def __init__(self, client: Any, run_id: str, queue_size: int = 10_000):
-        self.client = client
-        self.run_id = run_id
-        self.report = SinkReport()
-        self._q: queue.Queue = queue.Queue(maxsize=queue_size)
-        self._thread = threading.Thread(target=self._work, name="mlflow-writer", daemon=True)
-        self._thread.start()
+    """The training side of the writer: cheap, non-blocking (unless the queue is full) calls."""
 
-    # training thread ----------------------------------------------------------------------------
+    def __init__(self, uri: str, run_id: str, queue_size: int = 10_000):
+        ctx = mp.get_context("spawn")  # a clean interpreter: safe with torch's threads
+        self.report = SinkReport()
+        self._q = ctx.Queue(maxsize=queue_size)
+        self._results = ctx.Queue()
+        self._proc = ctx.Process(target=_writer_main, name="mlflow-writer", daemon=True,
+                                 args=(uri, run_id, self._q, self._results, os.getpid()))
+        self._proc.start()
+        self._closed = False
+        self._ready = False
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        """Block until the writer has started (imports done, store open), so that its start-up
+        does not compete with the first training steps."""
+        if not self._ready:
+            msg = self._results.get(timeout=timeout)
+            self._ready = msg == "ready"
+
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Queue metric values for ``step``; returns at once unless the queue is full."""
         self.report.queued += len(metrics)
         self._put(("metrics", step, int(time.time() * 1000), metrics))
 
-    def call(self, fn: Callable[[], None]) -> None:
-        """Run ``fn`` on the writer thread, in order with the metrics (renders, artifacts)."""
-        self._put(("call", fn))
+    def heatmap(self, key: str, title: str, steps: list[int], series: list[list[float]], bins: int, step: int) -> None:
+        """Render a histogram heat map in the writer and log it as image ``key`` at ``step``."""
+        self._put(("heatmap", key, title, steps, series, bins, step))
 
-    def image(self, key: str, make: Callable[[], Any], step: int) -> None:
-        """Render an image on the writer thread and log it under ``key`` at ``step``."""
-        self.call(lambda: self.client.log_image(self.run_id, make(), key=key, step=step, synchronous=True))
+    def artifacts(self, files: list[str], dirs: dict[str, str] | None = None) -> None:
+        """Upload files to the run root and directories under the given artifact paths."""
+        self._put(("artifacts", files, dirs or {}))
 
     def _put(self, item: Any) -> None:
         try:
@@ -62,54 +80,126 @@ class MlflowSink:
             t0 = time.perf_counter()
             self._q.put(item)
             self.report.waited_s += time.perf_counter() - t0
-        self.report.max_backlog = max(self.report.max_backlog, self._q.qsize())
+        try:
+            self.report.max_backlog = max(self.report.max_backlog, self._q.qsize())
+        except NotImplementedError:  # macOS has no qsize
+            pass
 
-    def close(self, timeout: float | None = None) -> SinkReport:
+    def close(self, timeout: float = 600) -> SinkReport:
         """Deliver everything queued, stop the writer and return the report."""
-        self._q.put(_STOP)
-        self._thread.join(timeout)
+        if self._closed:
+            return self.report
+        self._closed = True
+        self._q.put(STOP)
+        try:
+            self.wait_ready(timeout)
+            done = self._results.get(timeout=timeout)
+            self.report.delivered = done["delivered"]
+            self.report.images = done["images"]
+            self.report.finished_at = done["finished_at"]
+            self.report.errors.extend(done["errors"])
+        except queue.Empty:
+            self.report.errors.append(f"the writer did not finish within {timeout:.0f}s")
+        self._proc.join(timeout=30)
         return self.report
 
-    # writer thread ------------------------------------------------------------------------------
-    def _work(self) -> None:
+
+class _Writer:
+    def __init__(self, client: Any, run_id: str):
+        self.client = client
+        self.run_id = run_id
+        self.delivered = 0
+        self.images = 0
+        self.errors: list[str] = []
+
+    def handle(self, items: list) -> None:
         from mlflow.entities import Metric
 
-        stop = False
-        while not stop:
-            items = [self._q.get()]
-            while True:  # take everything already waiting
-                try:
-                    items.append(self._q.get_nowait())
-                except queue.Empty:
-                    break
-            metrics: list[Metric] = []
-            for item in items:
-                if item is _STOP:
-                    stop = True
-                    continue
-                if item[0] == "metrics":
-                    _, step, ts, values = item
-                    metrics.extend(Metric(k, float(v), ts, step) for k, v in values.items())
-                else:
-                    self._flush(metrics)
-                    metrics = []
-                    self._guard(item[1])
-            self._flush(metrics)
+        metrics: list = []
+        for item in items:
+            if item[0] == "metrics":
+                _, step, ts, values = item
+                metrics.extend(Metric(k, float(v), ts, step) for k, v in values.items())
+                continue
+            self.flush(metrics)
+            metrics = []
+            if item[0] == "heatmap":
+                self.heatmap(*item[1:])
+            elif item[0] == "artifacts":
+                self.upload(*item[1:])
+        self.flush(metrics)
 
-    def _flush(self, metrics: list) -> None:
+    def flush(self, metrics: list) -> None:
         for i in range(0, len(metrics), BATCH):
             chunk = metrics[i:i + BATCH]
-            if self._guard(lambda: self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)):
-                self.report.delivered += len(chunk)
+            if self.guard(lambda: self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)):
+                self.delivered += len(chunk)
 
-    def _guard(self, fn: Callable[[], Any], tries: int = 3) -> bool:
+    def heatmap(self, key, title, steps, series, bins, step) -> None:
+        from runner.tracking.images import heatmap
+
+        def log() -> None:
+            self.client.log_image(self.run_id, heatmap(title, steps, series, bins), key=key, step=step,
+                                  synchronous=True)
+        if self.guard(log):
+            self.images += 1
+
+    def upload(self, files: list[str], dirs: dict[str, str]) -> None:
+        for f in files:
+            self.guard(lambda f=f: self.client.log_artifact(self.run_id, f))
+        for path, name in dirs.items():
+            self.guard(lambda p=path, n=name: self.client.log_artifacts(self.run_id, p, artifact_path=n))
+
+    def guard(self, fn, tries: int = 3) -> bool:
         for attempt in range(tries):
             try:
                 fn()
                 return True
-            except Exception as e:  # the store may be busy or away; retry, then report
+            except Exception as e:  # the store may be busy or away: retry, then report
                 if attempt == tries - 1:
-                    self.report.errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                    self.errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
                     return False
                 time.sleep(0.2 * (attempt + 1))
         return False
+
+
+def _writer_main(uri: str, run_id: str, q, results, parent_pid: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        os.nice(10)  # training has priority over delivery; the queue absorbs the difference
+    except OSError:
+        pass
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    client.get_run(run_id)  # open the store now
+    writer = _Writer(client, run_id)
+    results.put("ready")
+    pending: list = []
+    waiting = 0          # metric values in ``pending``
+    since = 0.0          # when the oldest pending item arrived
+    while True:
+        timeout = 1.0 if not pending else max(0.0, since + FLUSH_SECONDS - time.monotonic())
+        try:
+            item = q.get(timeout=timeout)
+        except queue.Empty:
+            item = None
+            if os.getppid() != parent_pid:  # the trainer is gone: nobody will close us
+                writer.handle(pending)
+                break
+        if item == STOP:
+            writer.handle(pending)
+            break
+        if item is not None:
+            if not pending:
+                since = time.monotonic()
+            pending.append(item)
+            waiting += len(item[3]) if item[0] == "metrics" else 0
+        # write in large batches: fewer, bigger store calls cost far less per value
+        if pending and (waiting >= BATCH or time.monotonic() - since >= FLUSH_SECONDS):
+            writer.handle(pending)
+            pending, waiting = [], 0
+    results.put({"delivered": writer.delivered, "images": writer.images, "errors": writer.errors,
+                 "finished_at": time.time()})

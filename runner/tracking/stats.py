@@ -76,6 +76,7 @@ class StatsCollector:
         self._keys: list[str] = []
         self._samples: list[tuple[str, int]] = []   # histogram samples: (key, size), after the scalars
         self._sample_tensors: list[torch.Tensor] = []
+        self._host: dict[str, float] = {}           # values already on the host (loss, grad norm)
         self._before: list[torch.Tensor] | None = None
         self._hooks: list = []
         self._act_on = False
@@ -118,9 +119,9 @@ class StatsCollector:
         self._keys.append(key)
         self._pending.append(value.reshape(1))
 
-    def before_step(self, grad_norm: torch.Tensor) -> None:
+    def before_step(self, grad_norm: float) -> None:
         """Gradient statistics; call after backward (and clipping), before ``optimizer.step()``."""
-        self._add("train/grad_norm", grad_norm)
+        self._host["train/grad_norm"] = grad_norm
         for name, p in self.params:
             if p.grad is None:
                 continue
@@ -131,9 +132,9 @@ class StatsCollector:
         if self.update_ratio:
             self._before = [p.detach().clone() for _, p in self.params]
 
-    def after_step(self, step: int, loss: torch.Tensor, lrs: list[float]) -> LoggedStep:
+    def after_step(self, step: int, loss: float, lrs: list[float]) -> LoggedStep:
         """Weight statistics and update ratios; then everything goes to the host in one copy."""
-        self._add("train/loss", loss.detach().float())
+        self._host["train/loss"] = loss
         for i, (name, p) in enumerate(self.params):
             for s, v in zip(self.weight_stats, _stats(p, self.weight_stats)):
                 self._add(f"weight_{s}/{name}", v)
@@ -147,7 +148,8 @@ class StatsCollector:
         # the one host transfer: every scalar, then every histogram sample
         values = torch.cat(self._pending + self._sample_tensors).cpu().tolist()
         n = len(self._keys)
-        metrics = dict(zip(self._keys, values[:n]))
+        metrics = {**self._host, **dict(zip(self._keys, values[:n]))}
+        self._host = {}
         for i, lr in enumerate(lrs):
             metrics["train/lr" if i == 0 else f"train/lr_group{i}"] = lr
         samples: dict[str, list[float]] = {}

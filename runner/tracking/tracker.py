@@ -30,10 +30,10 @@ class Tracker:
     def activations(self, on: bool) -> None:
         self.collector.activations(on)
 
-    def before_step(self, grad_norm: torch.Tensor) -> None:
+    def before_step(self, grad_norm: float) -> None:
         self.collector.before_step(grad_norm)
 
-    def after_step(self, step: int, loss: torch.Tensor, lrs: list[float]) -> None:
+    def after_step(self, step: int, loss: float, lrs: list[float]) -> None:
         logged = self.collector.after_step(step, loss, lrs)
         self.sink.log(logged.metrics, step)
         for key, values in logged.samples.items():
@@ -57,9 +57,7 @@ class Tracker:
         self.collector.close()
 
     def render(self, step: int) -> None:
-        from runner.tracking.images import heatmap
-
+        """Send each tensor's sample history to the writer, which draws and logs the heat map."""
         for key, (steps, series) in self.history.items():
             kind, name = key.split("/", 1)
-            snapshot = (list(steps), list(series))
-            self.sink.image(f"hist_{kind}/{name}", lambda k=key, s=snapshot: heatmap(k, s[0], s[1], self.bins), step)
+            self.sink.heatmap(f"hist_{kind}/{name}", key, list(steps), list(series), self.bins, step)

@@ -6,6 +6,7 @@ logging steps and metrics at epoch ends. Position in the data is (epoch, batch),
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,6 +48,17 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, task: st
     return metrics
 
 
+def _loss_and_grad_norm(loss: torch.Tensor, params: list, clip: float | None) -> tuple[float, float]:
+    """The loss and the global gradient norm (clipping first if asked), in one host transfer."""
+    if clip:
+        total = torch.nn.utils.clip_grad_norm_(params, clip)
+        loss_value, norm = torch.stack([loss.detach().float(), total.float()]).tolist()
+        return loss_value, norm
+    grads = [p.grad for p in params if p.grad is not None]
+    values = torch.stack([loss.detach().float(), *torch._foreach_norm(grads)]).tolist()
+    return values[0], math.sqrt(sum(v * v for v in values[1:]))
+
+
 def fit(net: nn.Module, data, cfg: dict, tracker: Any = None) -> TrainResult:
     """Train ``net`` on ``data`` as ``cfg`` (the ``train`` group) says."""
     device = pick_device(cfg.get("device", "auto"))
@@ -73,7 +85,7 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None) -> TrainResult:
         for epoch in range(epochs):
             seen = 0
             epoch_start = time.perf_counter()
-            loss_sum = torch.zeros((), device=device)
+            loss_sum = 0.0
             for b, xb, yb in data.batches(epoch):
                 if step >= total:
                     break
@@ -88,13 +100,9 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None) -> TrainResult:
                     tracker.activations(False)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
-                if clip:
-                    gnorm = torch.nn.utils.clip_grad_norm_(params, clip)
-                else:
-                    grads = [p.grad for p in params if p.grad is not None]
-                    gnorm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads))) if grads else loss.new_zeros(())
-                if not bool(torch.isfinite(loss.detach() + gnorm)):  # one sync per step
-                    what = "loss" if not torch.isfinite(loss) else "gradients"
+                loss_value, grad_norm = _loss_and_grad_norm(loss, params, clip)  # one host sync
+                if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
+                    what = "loss" if not math.isfinite(loss_value) else "gradients"
                     policy.bad(f"step {step} (epoch {epoch}, batch {b})", what)
                     opt.zero_grad(set_to_none=True)
                     if tracker is not None:
@@ -102,17 +110,17 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None) -> TrainResult:
                     continue
                 policy.ok()
                 if log_now:
-                    tracker.before_step(gnorm)
+                    tracker.before_step(grad_norm)
                 opt.step()
                 if sched is not None:
                     sched.step()
-                loss_sum += loss.detach()
+                loss_sum += loss_value
                 seen += 1
                 if log_now:
-                    tracker.after_step(step, loss, [g["lr"] for g in opt.param_groups])
-                progress.advance(step, loss)
+                    tracker.after_step(step, loss_value, [g["lr"] for g in opt.param_groups])
+                progress.advance(step, loss_value)
             val = evaluate(net, data.x_val, data.y_val, loss_fn, data.task, device)
-            final = {"train/epoch_loss": (loss_sum / max(seen, 1)).item(), **val}
+            final = {"train/epoch_loss": loss_sum / max(seen, 1), **val}
             rate = seen * data.batch_size / max(time.perf_counter() - epoch_start, 1e-9)
             if tracker is not None:
                 tracker.epoch_end(epoch, step, {**final, "train/samples_per_s": rate})

@@ -27,14 +27,12 @@ class Progress:
             self._bar.stop()
         return False
 
-    def advance(self, step: int, loss) -> None:
+    def advance(self, step: int, loss: float) -> None:
         if self._bar is None:
             return
-        if step % 10 == 0 or step == self.total:  # reading the loss costs a sync: not every step
+        if step % 10 == 0 or step == self.total:
             rate = step / max(time.perf_counter() - self._start, 1e-9)
-            self._bar.update(self._task, completed=step, info=f"loss {loss.item():.4g}  {rate:.0f} steps/s")
-        else:
-            self._bar.update(self._task, completed=step)
+            self._bar.update(self._task, completed=step, info=f"loss {loss:.4g}  {rate:.0f} steps/s")
 
     def epoch_end(self, epoch: int, step: int, metrics: dict) -> None:
         if self.mode == "quiet":

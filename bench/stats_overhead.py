@@ -1,0 +1,99 @@
+"""Statistics overhead: runner training (stats + MLflow tracking) vs a plain torch loop.
+
+Same model, data, steps and seed; the plain loop logs nothing. Runs are interleaved and the
+median of each is reported, with the ratio to the plain loop. Usage:
+
+    python bench/stats_overhead.py [--rounds 5]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from common import fresh_store, interleaved, timed  # noqa: E402
+
+CASES = {
+    "chapter MLP (4-4-1, batch 32)": dict(
+        model="d2l_mlp", data="d2l_uniform", overrides=["data.samples=8192", "data.val_fraction=0.0"], epochs=2),
+    "mid-size MLP (784-1024-1024-10, batch 256)": dict(
+        model={"name": "mid", "layers": [{"type": "flatten"},
+                                         {"type": "linear", "out": 1024, "activation": "relu"},
+                                         {"type": "linear", "out": 1024, "activation": "relu"},
+                                         {"type": "linear", "out": 10}]},
+        data="classification",
+        overrides=["data.features=784", "data.classes=10", "data.samples=12800", "data.batch_size=256",
+                   "data.val_fraction=0.0"],
+        epochs=1),
+}
+
+
+def plain_loop(net, data, epochs: int, lr: float) -> None:
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    loss_fn = torch.nn.CrossEntropyLoss() if data.task == "classification" else torch.nn.MSELoss()
+    for epoch in range(epochs):
+        for _, x, y in data.batches(epoch):
+            loss = loss_fn(net(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    args = ap.parse_args()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    import runner
+    from runner.tracking.sink import MlflowSink
+    from runner.tracking.stats import StatsCollector
+    from runner.tracking.tracker import Tracker
+    from runner.train.loop import fit
+
+    uri, client = fresh_store()
+    exp = client.create_experiment("bench")
+    print(f"{'case':46} {'variant':30} {'median s':>9} {'ratio':>7}")
+    for case, spec in CASES.items():
+        prepared = runner.prepare(runner.compose(spec["overrides"], model=spec["model"], data=spec["data"]))
+        data = prepared.data
+        init_state = {k: v.clone() for k, v in prepared.net.state_dict().items()}
+        train_cfg = {**prepared.config["train"], "epochs": spec["epochs"], "progress": "quiet"}
+        steps = spec["epochs"] * data.batches_per_epoch
+
+        def fresh_net():
+            net = prepared.net
+            net.load_state_dict(init_state)
+            return net
+
+        def plain() -> float:
+            net = fresh_net()
+            return timed(lambda: plain_loop(net, data, spec["epochs"], train_cfg["lr"]))
+
+        def tracked(every: int):
+            def run() -> float:
+                net = fresh_net()
+                tcfg = {**prepared.config["tracking"], "every_n_steps": every}
+                run_id = client.create_run(exp).info.run_id
+                sink = MlflowSink(uri, run_id)
+                sink.wait_ready()  # as TrackedRun does before training starts
+                tracker = Tracker(StatsCollector(net, tcfg), sink, tcfg["histograms"])
+                t = timed(lambda: fit(net, data, train_cfg, tracker))
+                sink.close()  # delivery finishes off the clock: the loop never waited on it
+                return t
+            return run
+
+        variants = {"plain torch loop": plain, "runner, stats every 10 steps": tracked(10),
+                    "runner, stats every step": tracked(1)}
+        result = interleaved(variants, args.rounds)
+        base = result["plain torch loop"]
+        for name, secs in result.items():
+            print(f"{case:46} {name:30} {secs:9.3f} {secs / base:6.2f}x")
+        print(f"{'':46} ({steps} steps a run, {args.rounds} rounds, median)")
+
+
+if __name__ == "__main__":
+    main()
