@@ -9,6 +9,8 @@ The Python API (imported lazily, so ``import runner`` is cheap)::
 """
 from __future__ import annotations
 
+__version__ = "0.1.0"
+
 _EXPORTS = {
     "build": "runner.api",
     "compose": "runner.api",

@@ -55,7 +55,7 @@ def prepare(cfg: Any) -> Prepared:
     seed = plain.get("seed", 0)
     data = load_data(plain["data"], seed)
     net = build_model(plain["model"], data.sample())
-    report = apply_init(net, plain.get("init"), seed)
+    report = apply_init(net, plain.get("init"), seed, tracking_uri=(plain.get("tracking") or {}).get("uri"))
     net.init_report = report
     return Prepared(plain, data, net, report)
 

@@ -11,11 +11,12 @@ from typing import Any, Callable
 from runner.errors import ConfigError, Problem, Problems, did_you_mean, one_of
 
 TASKS = ("train", "inspect")
-TOP_KEYS = {"task", "seed", "inspect", "model", "init", "data", "train", "tracking"}
+TOP_KEYS = {"task", "seed", "inspect", "model", "init", "data", "train", "tracking", "checkpoint"}
 Checker = Callable[[Any, str], list[Problem]]
 
 
 def _checkers() -> dict[str, Checker]:
+    from runner.checkpoint.checkpointer import check_checkpoint
     from runner.data import check_data
     from runner.init import check_init
     from runner.model import check_model
@@ -23,7 +24,7 @@ def _checkers() -> dict[str, Checker]:
     from runner.train.config import check_train
 
     return {"model": check_model, "data": check_data, "init": check_init,
-            "train": check_train, "tracking": check_tracking}
+            "train": check_train, "tracking": check_tracking, "checkpoint": check_checkpoint}
 
 
 def to_plain(cfg: Any) -> dict:

@@ -89,12 +89,15 @@ def ties_table(net) -> Table | None:
 
 def init_table(report) -> Table:
     t = Table(title=f"Init report (seed {report.seed})", title_justify="left")
-    for col in ("Parameter", "Rule", "Initializer", "Args", "Edits", "Mean", "Std", "Min", "Max"):
+    warm = any(e.source != "init" for e in report.entries)
+    cols = ["Parameter", "Rule", "Initializer", "Args", *(["Loaded from"] if warm else []), "Edits",
+            "Mean", "Std", "Min", "Max"]
+    for col in cols:
         t.add_column(col, justify="right" if col in {"Mean", "Std", "Min", "Max"} else "left")
     for e in report.entries:
         args = ", ".join(f"{k}={v}" for k, v in e.args.items())
-        init = e.init if e.source == "init" else f"{e.init} <- {e.source}"
-        t.add_row(e.name, e.rule, init, args, "; ".join(e.edits),
+        loaded = [e.source if e.source != "init" else ""] if warm else []
+        t.add_row(e.name, e.rule, e.init, args, *loaded, "; ".join(e.edits),
                   f"{e.mean:.4g}", f"{e.std:.4g}", f"{e.min:.4g}", f"{e.max:.4g}")
     return t
 

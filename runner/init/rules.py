@@ -27,7 +27,7 @@ from runner.init import initializers as I
 from runner.model.build import Network
 from runner.model.layers import all_type_names, canonical_type
 
-INIT_KEYS = {"rules", "edits", "allow_unmatched"}
+INIT_KEYS = {"rules", "edits", "allow_unmatched", "warm_start"}
 RULE_KEYS = {"name", "params", "layer", "kind", "init", "args", "allow_unmatched"}
 
 
@@ -60,6 +60,10 @@ def check_init(cfg: Any, path: str = "init") -> list[Problem]:
     for i, rule in enumerate(rules):
         _check_rule(rule, f"{path}.rules[{i}]", p)
     p.extend(check_edits(cfg.get("edits") or [], f"{path}.edits"))
+    if cfg.get("warm_start") is not None:
+        from runner.init.warm import check_warm_start
+
+        p.extend(check_warm_start(cfg["warm_start"], f"{path}.warm_start"))
     return p.items
 
 
@@ -126,12 +130,16 @@ class InitEntry:
 class InitReport:
     seed: int
     entries: list[InitEntry]
+    warm_start: dict | None = None  # source, loaded (parameter -> source name), skipped
 
     def by_name(self) -> dict[str, InitEntry]:
         return {e.name: e for e in self.entries}
 
     def to_dict(self) -> dict:
-        return {"seed": self.seed, "parameters": [asdict(e) for e in self.entries]}
+        out = {"seed": self.seed, "parameters": [asdict(e) for e in self.entries]}
+        if self.warm_start is not None:
+            out["warm_start"] = self.warm_start
+        return out
 
     def refresh_stats(self, net: Network) -> None:
         params = net.params()
@@ -174,8 +182,10 @@ def layer_type_of(net: Network, param_name: str) -> str:
     return canonical_type(info.type)
 
 
-def apply_init(net: Network, cfg: dict | None, seed: int, path: str = "init") -> InitReport:
-    """Initialise every parameter of ``net`` once, following ``cfg['rules']``; then apply edits."""
+def apply_init(net: Network, cfg: dict | None, seed: int, path: str = "init",
+               tracking_uri: str | None = None) -> InitReport:
+    """Initialise every parameter of ``net`` once, following ``cfg['rules']``; then load the warm
+    start, if any; then apply edits."""
     from runner.init.edits import apply_edits
 
     cfg = cfg or {}
@@ -239,6 +249,10 @@ def apply_init(net: Network, cfg: dict | None, seed: int, path: str = "init") ->
             entries.append(InitEntry(canonical, names[1:], list(t.shape), label, desc, args))
     p.raise_if_any("invalid init rules")
     report = InitReport(seed, entries)
+    if cfg.get("warm_start"):
+        from runner.init.warm import apply_warm_start
+
+        apply_warm_start(net, cfg["warm_start"], report, f"{path}.warm_start", tracking_uri)
     apply_edits(net, cfg.get("edits") or [], report, f"{path}.edits")
     report.refresh_stats(net)
     return report

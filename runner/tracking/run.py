@@ -59,7 +59,8 @@ def ensure_experiment(client: Any, name: str, artifact_root: Path | None) -> str
 class TrackedRun:
     """Context manager: create the run, start the writer, end the run with its true status."""
 
-    def __init__(self, config: dict, run_dir: Path, tags: dict[str, str] | None = None):
+    def __init__(self, config: dict, run_dir: Path, tags: dict[str, str] | None = None,
+                 resume_run_id: str | None = None):
         self.config = config
         self.tcfg = config["tracking"]
         self.run_dir = run_dir
@@ -69,6 +70,7 @@ class TrackedRun:
         self.sink_report: SinkReport | None = None
         self._monitor = None
         self._old_handler = None
+        self.resume_run_id = resume_run_id
 
     def __enter__(self) -> "TrackedRun":
         from mlflow import MlflowClient
@@ -81,22 +83,43 @@ class TrackedRun:
         if self.uri.startswith("sqlite:///"):
             artifact_root = Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts"
         self.experiment_id = ensure_experiment(self.client, self.tcfg.get("experiment") or "runner", artifact_root)
-        tags = {"runner.task": "train", **self.extra_tags}
+        tags = {"runner.task": "train", "runner.run_dir": str(self.run_dir.resolve()), **self.extra_tags}
         commit = git_commit(Path.cwd())
         if commit:
             tags["mlflow.source.git.commit"] = commit
-        run = self.client.create_run(self.experiment_id, run_name=self.run_name(), tags=tags)
-        self.run_id = run.info.run_id
-        self.sink = MlflowSink(self.uri, self.run_id, int(self.tcfg.get("queue_size", 10_000)))
-        params = [Param(k, v) for k, v in flatten(self.config).items()]
-        for i in range(0, len(params), 100):
-            self.client.log_batch(self.run_id, params=params[i:i + 100], synchronous=True)
+        logged: dict[str, int] = {}
+        if self.resume_run_id:  # continue the same run: same id, steps go on, none twice
+            self.run_id = self.resume_run_id
+            self.experiment_id = self.client.get_run(self.run_id).info.experiment_id
+            self.client.update_run(self.run_id, status="RUNNING")
+            logged = self.logged_steps()
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=self.run_name(), tags=tags)
+            self.run_id = run.info.run_id
+        self.sink = MlflowSink(self.uri, self.run_id, int(self.tcfg.get("queue_size", 10_000)), skip_upto=logged)
+        if self.resume_run_id:
+            for k, v in self.extra_tags.items():
+                self.client.set_tag(self.run_id, k, v)
+        else:
+            params = [Param(k, v) for k, v in flatten(self.config).items()]
+            for i in range(0, len(params), 100):
+                self.client.log_batch(self.run_id, params=params[i:i + 100], synchronous=True)
         self.sink.wait_ready()
         if self.tcfg.get("system_metrics", True):
             self._start_system_metrics()
         if threading.current_thread() is threading.main_thread():
             self._old_handler = signal.signal(signal.SIGTERM, _raise_terminated)
         return self
+
+    def logged_steps(self) -> dict[str, int]:
+        """The last step the store holds for each metric of the run being resumed."""
+        run = self.client.get_run(self.run_id)
+        out = {}
+        for key in run.data.metrics:
+            history = self.client.get_metric_history(self.run_id, key)
+            if history:
+                out[key] = max(m.step for m in history)
+        return out
 
     def run_name(self) -> str:
         if self.tcfg.get("run_name"):
@@ -116,7 +139,7 @@ class TrackedRun:
             from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
             self._monitor = SystemMetricsMonitor(self.run_id, sampling_interval=10, samples_before_logging=1,
-                                                 tracking_uri=self.uri)
+                                                 resume_logging=bool(self.resume_run_id), tracking_uri=self.uri)
             self._monitor.start()
         except Exception:  # psutil missing or the monitor unavailable: training goes on without it
             self._monitor = None

@@ -42,7 +42,7 @@ class SinkReport:
 class MlflowSink:
     """The training side of the writer: cheap, non-blocking (unless the queue is full) calls."""
 
-    def __init__(self, uri: str, run_id: str, queue_size: int = 10_000):
+    def __init__(self, uri: str, run_id: str, queue_size: int = 10_000, skip_upto: dict[str, int] | None = None):
         ctx = mp.get_context("spawn")  # a clean interpreter: safe with torch's threads
         self.report = SinkReport()
         self._q = ctx.Queue(maxsize=queue_size)
@@ -52,6 +52,8 @@ class MlflowSink:
         self._proc.start()
         self._closed = False
         self._ready = False
+        # a resumed run: values the store already holds (steps up to these) are not sent again
+        self._skip_upto = skip_upto or {}
 
     def wait_ready(self, timeout: float = 120) -> None:
         """Block until the writer has started (imports done, store open), so that its start-up
@@ -62,6 +64,10 @@ class MlflowSink:
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Queue metric values for ``step``; returns at once unless the queue is full."""
+        if self._skip_upto:
+            metrics = {k: v for k, v in metrics.items() if step > self._skip_upto.get(k, -1)}
+            if not metrics:
+                return
         self.report.queued += len(metrics)
         self._put(("metrics", step, int(time.time() * 1000), metrics))
 

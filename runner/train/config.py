@@ -12,7 +12,7 @@ DEVICES = ("auto", "cpu", "cuda")
 POLICIES = ("skip", "abort_after", "abort")
 PROGRESS = ("auto", "bar", "quiet")
 TRAIN_KEYS = {"optimizer", "lr", "optimizer_args", "schedule", "schedule_args", "epochs", "max_steps",
-              "grad_clip", "loss", "device", "nonfinite", "progress"}
+              "grad_clip", "loss", "device", "nonfinite", "progress", "resume"}
 
 
 def _choice(p: Problems, cfg: dict, key: str, choices, path: str, nullable: bool = False) -> None:
@@ -54,6 +54,9 @@ def check_train(cfg: Any, path: str = "train") -> list[Problem]:
     for key in ("optimizer_args", "schedule_args"):
         if not isinstance(cfg.get(key) or {}, dict):
             p.add(f"{path}.{key}", "must be a mapping of argument names to values")
+    resume = cfg.get("resume")
+    if resume is not None and (not isinstance(resume, str) or not resume):
+        p.add(f"{path}.resume", f"must be null, auto, a path or an MLflow run id, got {resume!r}")
     nf = cfg.get("nonfinite") or {}
     if not isinstance(nf, dict):
         p.add(f"{path}.nonfinite", "must be a mapping with policy and patience")

@@ -59,8 +59,27 @@ def _loss_and_grad_norm(loss: torch.Tensor, params: list, clip: float | None) ->
     return values[0], math.sqrt(sum(v * v for v in values[1:]))
 
 
-def fit(net: nn.Module, data, cfg: dict, tracker: Any = None) -> TrainResult:
-    """Train ``net`` on ``data`` as ``cfg`` (the ``train`` group) says."""
+@dataclass
+class Position:
+    """Where training is: the next batch to take, and the running counts of the epoch."""
+
+    epoch: int = 0
+    batch: int = 0        # next batch index within ``epoch``
+    step: int = 0         # batches consumed so far
+    loss_sum: float = 0.0
+    seen: int = 0         # optimizer steps taken in this epoch
+    skipped: int = 0
+    in_a_row: int = 0
+
+
+def fit(net: nn.Module, data, cfg: dict, tracker: Any = None, checkpointer: Any = None,
+        resume: dict | None = None) -> TrainResult:
+    """Train ``net`` on ``data`` as ``cfg`` (the ``train`` group) says.
+
+    ``checkpointer`` (``runner.checkpoint.Checkpointer``) is called at epoch ends and every N
+    steps; ``resume`` is a training state it saved: optimizer, schedule, RNGs and data position
+    are restored so that training continues exactly as if it had never stopped.
+    """
     device = pick_device(cfg.get("device", "auto"))
     net.to(device)
     params = list(net.parameters())
@@ -74,22 +93,40 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None) -> TrainResult:
     nf = cfg.get("nonfinite") or {}
     policy = NonFinitePolicy(nf.get("policy", "abort_after"), int(nf.get("patience", 3)))
     clip = cfg.get("grad_clip")
+    pos = Position()
+    if resume is not None:
+        from runner.checkpoint.state import set_rng_state
+
+        opt.load_state_dict(resume["optimizer"])
+        if sched is not None and resume.get("scheduler") is not None:
+            sched.load_state_dict(resume["scheduler"])
+        pos = Position(**resume["position"])
+        policy.skipped, policy.in_a_row = pos.skipped, pos.in_a_row
+        set_rng_state(resume["rng"])
+
+    def state() -> dict:
+        from runner.checkpoint.state import rng_state
+
+        pos.skipped, pos.in_a_row = policy.skipped, policy.in_a_row
+        return {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
+                "position": dict(pos.__dict__), "rng": rng_state()}
+
     if tracker is not None:
         tracker.start(device)
     progress = Progress(cfg.get("progress", "auto"), total)
-    step, epoch = 0, 0
-    final: dict[str, float] = {}
+    final: dict[str, float] = dict(resume.get("final") or {}) if resume else {}
     started = time.perf_counter()
     net.train()
     with progress:
-        for epoch in range(epochs):
-            seen = 0
-            epoch_start = time.perf_counter()
-            loss_sum = 0.0
-            for b, xb, yb in data.batches(epoch):
-                if step >= total:
+        while pos.epoch < epochs and pos.step < total:
+            epoch = pos.epoch
+            epoch_start, seen_before = time.perf_counter(), pos.seen
+            for b, xb, yb in data.batches(epoch, start=pos.batch):
+                if pos.step >= total:
                     break
-                step += 1
+                pos.step += 1
+                pos.batch = b + 1
+                step = pos.step
                 log_now = tracker is not None and tracker.due(step)
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                 if log_now:
@@ -114,17 +151,20 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None) -> TrainResult:
                 opt.step()
                 if sched is not None:
                     sched.step()
-                loss_sum += loss_value
-                seen += 1
+                pos.loss_sum += loss_value
+                pos.seen += 1
                 if log_now:
                     tracker.after_step(step, loss_value, [g["lr"] for g in opt.param_groups])
                 progress.advance(step, loss_value)
+                if checkpointer is not None and checkpointer.due(step) and pos.batch < data.batches_per_epoch:
+                    checkpointer.save(step, state(), {})
             val = evaluate(net, data.x_val, data.y_val, loss_fn, data.task, device)
-            final = {"train/epoch_loss": loss_sum / max(seen, 1), **val}
-            rate = seen * data.batch_size / max(time.perf_counter() - epoch_start, 1e-9)
+            final = {"train/epoch_loss": pos.loss_sum / max(pos.seen, 1), **val}
+            rate = (pos.seen - seen_before) * data.batch_size / max(time.perf_counter() - epoch_start, 1e-9)
             if tracker is not None:
-                tracker.epoch_end(epoch, step, {**final, "train/samples_per_s": rate})
-            progress.epoch_end(epoch, step, final)
-            if step >= total:
-                break
-    return TrainResult(step, epoch + 1, final, policy.skipped, time.perf_counter() - started)
+                tracker.epoch_end(epoch, pos.step, {**final, "train/samples_per_s": rate})
+            progress.epoch_end(epoch, pos.step, final)
+            pos.epoch, pos.batch, pos.loss_sum, pos.seen = epoch + 1, 0, 0.0, 0
+            if checkpointer is not None:
+                checkpointer.save(pos.step, {**state(), "final": final}, final)
+    return TrainResult(pos.step, pos.epoch, final, policy.skipped, time.perf_counter() - started)

@@ -62,9 +62,30 @@ def train_task(prepared) -> float | None:
     cfg = prepared.config
     out = run_directory()
     write_reports(prepared, out)
-    tcfg = cfg["tracking"]
+    tcfg, ccfg = cfg["tracking"], cfg.get("checkpoint") or {"enabled": False}
+    resume, entry = None, None
+    if cfg["train"].get("resume"):
+        from runner.checkpoint.checkpointer import load_checkpoint, resolve_resume
+
+        entry = resolve_resume(cfg["train"]["resume"], out, tcfg.get("uri"))
+        if entry is None:
+            print(f"train.resume=auto: no checkpoint in {out / 'checkpoints'}; starting fresh")
+        else:
+            resume = load_checkpoint(entry, prepared.net)
+            print(f"resuming from {entry.path} (step {entry.step})")
+    folder = entry.path.parent if entry is not None else out / "checkpoints"
+
+    def checkpointer(run_id: str = ""):
+        if not ccfg.get("enabled", True):
+            return None
+        from omegaconf import OmegaConf
+
+        from runner.checkpoint.checkpointer import Checkpointer
+
+        return Checkpointer(folder, ccfg, prepared.net, OmegaConf.to_yaml(OmegaConf.create(cfg)), run_id)
+
     if not tcfg.get("enabled", True):
-        result = fit(prepared.net, prepared.data, cfg["train"])
+        result = fit(prepared.net, prepared.data, cfg["train"], checkpointer=checkpointer(), resume=resume)
         print(f"trained {result.steps} steps; {_fmt(result.final)} (tracking disabled)")
         return result.final.get("val/loss")
 
@@ -76,11 +97,23 @@ def train_task(prepared) -> float | None:
         raise UserError(f"tracking.max_keys: this model would log {collector.keys_per_step()} metric keys per run, "
                         f"over the budget of {budget} (the MLflow UI slows with many keys). Trim tracking.stats, "
                         "or raise tracking.max_keys.")
-    with TrackedRun(cfg, out, hydra_tags()) as run:
+    tags = {**hydra_tags(), "runner.checkpoint_dir": str(folder.resolve())}
+    if entry is not None:
+        tags["runner.resumed_from_step"] = str(entry.step)
+    resume_run = (resume or {}).get("run_id") or None
+    with TrackedRun(cfg, out, tags, resume_run_id=resume_run) as run:
         run.log_artifacts()
+        ckpt = checkpointer(run.run_id)
         tracker = Tracker(collector, run.sink, tcfg.get("histograms"))
-        result = fit(prepared.net, prepared.data, cfg["train"], tracker)
+        result = fit(prepared.net, prepared.data, cfg["train"], tracker, ckpt, resume)
         tracker.finish(result.steps)
+        registered = None
+        if ckpt is not None and ckpt.store.latest() is not None and ccfg.get("register", True):
+            from runner.checkpoint.registry import publish
+
+            registered = publish(run.client, run.run_id, ckpt.store,
+                                 ccfg.get("registered_name") or cfg["model"].get("name", "model"),
+                                 ccfg.get("best_metric"), ccfg.get("best_mode", "min"))
     rep = run.sink_report
     print(f"run {run.run_id} ({run.status}) in experiment '{tcfg.get('experiment')}': "
           f"{result.steps} steps, {_fmt(result.final)}")
@@ -90,6 +123,8 @@ def train_task(prepared) -> float | None:
     if result.skipped:
         print(f"  {result.skipped} non-finite step(s) skipped")
     print(f"  run directory: {out}")
+    if registered:
+        print(f"  weights: {registered}")
     print(f"  view it: {run.ui_command()}  then open http://127.0.0.1:5000/#/experiments/"
           f"{run.experiment_id}/runs/{run.run_id}")
     return result.final.get("val/loss")

@@ -1,0 +1,1 @@
+"""Checkpoints: named weights in safetensors, training state, crash-safe storage, the registry."""

@@ -1,0 +1,115 @@
+"""The ``checkpoint`` group: when to write checkpoints during training, and how to resume.
+
+A checkpoint entry holds ``weights.safetensors`` (see ``weights.py``) and ``state.pt`` (see
+``state.py``), committed by ``manifest.json`` (see ``store.py``). ``train.resume`` takes:
+
+- ``auto``: the newest committed checkpoint in this run directory's ``checkpoints/`` (start
+  fresh when there is none; pair it with ``hydra.run.dir=<the old run directory>``);
+- a path: a checkpoint entry, a ``checkpoints/`` folder, or a run directory;
+- an MLflow run id: the checkpoints of that run's run directory.
+
+Resuming continues the same MLflow run.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from runner.checkpoint.state import load_state, save_state
+from runner.checkpoint.store import CheckpointStore, Entry, verify
+from runner.checkpoint.weights import CheckpointError, config_hash, load_into, read_weights, save_weights
+from runner.errors import Problem, Problems, did_you_mean, one_of
+
+KEYS = {"enabled", "every_n_steps", "keep_last", "keep_best", "best_metric", "best_mode", "register",
+        "registered_name"}
+WEIGHTS, STATE = "weights.safetensors", "state.pt"
+RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def check_checkpoint(cfg: Any, path: str = "checkpoint") -> list[Problem]:
+    p = Problems()
+    if not isinstance(cfg, dict):
+        p.add(path, "must be a mapping")
+        return p.items
+    for key in cfg:
+        if key not in KEYS:
+            p.add(f"{path}.{key}", f"unknown key{did_you_mean(key, KEYS)}; allowed: {one_of(KEYS)}")
+    for key, low in (("every_n_steps", 1), ("keep_last", 1), ("keep_best", 0)):
+        v = cfg.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
+            p.add(f"{path}.{key}", f"must be an integer >= {low}{' or null' if key == 'every_n_steps' else ''}, got {v!r}")
+    if cfg.get("best_mode", "min") not in ("min", "max"):
+        p.add(f"{path}.best_mode", f"must be min or max, got {cfg.get('best_mode')!r}")
+    return p.items
+
+
+class Checkpointer:
+    """Writes checkpoints for the training loop."""
+
+    def __init__(self, folder: Path, cfg: dict, net, config_text: str, run_id: str = ""):
+        self.store = CheckpointStore(folder, int(cfg.get("keep_last", 3)), int(cfg.get("keep_best", 1)),
+                                     cfg.get("best_metric"), cfg.get("best_mode", "min"))
+        self.removed = self.store.clean()
+        self.every = cfg.get("every_n_steps")
+        self.net = net
+        self.config_text = config_text
+        self.run_id = run_id
+        self.last: Entry | None = None
+
+    def due(self, step: int) -> bool:
+        return bool(self.every) and step % int(self.every) == 0
+
+    def save(self, step: int, state: dict, metrics: dict[str, float]) -> Entry:
+        state = {**state, "config": self.config_text, "step": step, "run_id": self.run_id}
+
+        def write(folder: Path) -> None:
+            save_weights(folder / WEIGHTS, self.net, step, self.run_id)
+            save_state(folder / STATE, state)
+
+        self.last = self.store.save(step, write, metrics)
+        return self.last
+
+
+def find_entry(path: Path) -> Entry:
+    """A checkpoint entry from a path to an entry, a ``checkpoints/`` folder or a run directory."""
+    path = Path(path)
+    if (path / "manifest.json").is_file():
+        return verify(path)
+    for folder in (path, path / "checkpoints"):
+        if folder.is_dir():
+            entry = CheckpointStore(folder).latest()
+            if entry is not None:
+                return entry
+    raise CheckpointError(f"no committed checkpoint at {path}")
+
+
+def load_checkpoint(entry: Entry, net) -> dict:
+    """Load an entry's weights into ``net`` (checked against the model) and return its state."""
+    tensors, meta = read_weights(entry.path / WEIGHTS)
+    if meta.get("runner.config_hash") not in (None, config_hash(net.config)):
+        raise CheckpointError(f"{entry.path} was written for a different model config; "
+                              "resume with the model config it was trained with")
+    load_into(net, tensors, meta, str(entry.path))
+    return load_state(entry.path / STATE)
+
+
+def resolve_resume(ref: str, run_dir: Path, tracking_uri: str | None) -> Entry | None:
+    """The checkpoint entry ``train.resume`` points to (None for ``auto`` with nothing to resume)."""
+    if ref == "auto":
+        return CheckpointStore(run_dir / "checkpoints").latest()
+    if RUN_ID.match(ref) and not Path(ref).exists():
+        from mlflow import MlflowClient
+
+        from runner.tracking.config import default_uri
+
+        client = MlflowClient(tracking_uri or default_uri())
+        try:
+            run = client.get_run(ref)
+        except Exception:
+            raise CheckpointError(f"train.resume: no MLflow run {ref} in {tracking_uri or default_uri()}") from None
+        folder = run.data.tags.get("runner.checkpoint_dir")
+        if not folder:
+            raise CheckpointError(f"train.resume: run {ref} has no checkpoint folder recorded")
+        return find_entry(Path(folder))
+    return find_entry(Path(ref))

@@ -1,0 +1,137 @@
+"""The weight registry on MLflow's Model Registry (works on the sqlite store, no server).
+
+At the end of a run the final checkpoint (and the best one, when it differs) is logged to the
+run under ``checkpoints/final`` (``checkpoints/best``), and the final weights are registered as
+a new version of a registered model. Version tags record the run, step, metric and tie groups;
+the alias ``best`` follows the version with the best metric (``models:/<name>/latest`` is
+MLflow's own name for the newest version).
+
+A REF names weights anywhere: a checkpoint entry, ``checkpoints/`` folder, run directory or
+``.safetensors`` file; ``runs:/<run_id>/<artifact path>``; ``models:/<name>/<version>``,
+``models:/<name>/latest`` or ``models:/<name>@<alias>``.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from runner.checkpoint.store import CheckpointStore, verify
+from runner.checkpoint.weights import CheckpointError, read_weights
+
+BEST = "best"
+
+
+def _register(client: Any, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(name)
+    except MlflowException:
+        try:
+            client.create_registered_model(name, description="Weights registered by runner")
+        except MlflowException:
+            pass  # created meanwhile by another run
+
+
+def publish(client: Any, run_id: str, store: CheckpointStore, name: str, metric: str | None, mode: str) -> str:
+    """Log the final/best checkpoints to the run and register the final weights; returns its models:/ URI."""
+    final, best = store.latest(), store.best()
+    client.log_artifacts(run_id, str(final.path), "checkpoints/final")
+    if best is not None and best.path != final.path:
+        client.log_artifacts(run_id, str(best.path), "checkpoints/best")
+    _, meta = read_weights(final.path / "weights.safetensors")
+    ties = json.loads(meta.get("runner.tie_map", "{}"))
+    tags = {"run_id": run_id, "step": str(final.step), "tie_groups": str(len(ties))}
+    value = final.metrics.get(metric) if metric else None
+    if value is not None:
+        tags.update({"metric": metric, "metric_value": repr(float(value))})
+    _register(client, name)
+    mv = client.create_model_version(name, source=f"runs:/{run_id}/checkpoints/final", run_id=run_id, tags=tags)
+    if value is not None:
+        better = True
+        try:
+            current = client.get_model_version_by_alias(name, BEST)
+            old = current.tags.get("metric_value")
+            if old is not None and current.tags.get("metric") == metric:
+                better = value < float(old) if mode == "min" else value > float(old)
+        except Exception:
+            pass  # no best yet
+        if better:
+            client.set_registered_model_alias(name, BEST, mv.version)
+    return f"models:/{name}/{mv.version}"
+
+
+@dataclass
+class Resolved:
+    weights: Path       # the .safetensors file
+    description: str    # where it came from, for reports
+
+
+def resolve_ref(ref: str, tracking_uri: str | None = None, client: Any = None) -> Resolved:
+    """Find (downloading when needed) the weights a REF names."""
+    if ref.startswith(("runs:/", "models:/")):
+        if client is None:
+            from mlflow import MlflowClient
+
+            from runner.tracking.config import default_uri
+
+            client = MlflowClient(tracking_uri or default_uri())
+        run_id, path, desc = _remote(ref, client)
+        dst = Path(tempfile.mkdtemp(prefix="runner-weights-"))
+        try:
+            local = Path(client.download_artifacts(run_id, path, str(dst)))
+        except Exception as e:
+            raise CheckpointError(f"{ref}: cannot download the weights ({str(e).splitlines()[0]})") from None
+        return Resolved(_weights_in(local), desc)
+    path = Path(ref)
+    if not path.exists():
+        raise CheckpointError(f"{ref}: no such file or folder (a REF is a path, runs:/<run_id>/<path> or "
+                              "models:/<name>/<version|latest> or models:/<name>@<alias>)")
+    return Resolved(_weights_in(path), str(path))
+
+
+def _weights_in(path: Path) -> Path:
+    if path.is_file():
+        return path
+    if (path / "manifest.json").is_file():
+        verify(path)
+        return path / "weights.safetensors"
+    for folder in (path, path / "checkpoints"):
+        entry = CheckpointStore(folder).latest() if folder.is_dir() else None
+        if entry is not None:
+            return entry.path / "weights.safetensors"
+    if (path / "weights.safetensors").is_file():
+        return path / "weights.safetensors"
+    raise CheckpointError(f"{path}: no committed checkpoint or weights file found")
+
+
+def _remote(ref: str, client: Any) -> tuple[str, str, str]:
+    from mlflow.exceptions import MlflowException
+
+    if ref.startswith("runs:/"):
+        run_id, _, path = ref[len("runs:/"):].partition("/")
+        return run_id, path or "checkpoints/final", ref
+    body = ref[len("models:/"):]
+    try:
+        if "@" in body:
+            name, alias = body.split("@", 1)
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            name, _, version = body.partition("/")
+            if version in ("", "latest"):
+                versions = client.search_model_versions(f"name='{name}'")
+                if not versions:
+                    raise CheckpointError(f"{ref}: the registered model {name!r} has no versions")
+                mv = max(versions, key=lambda v: int(v.version))
+            else:
+                mv = client.get_model_version(name, version)
+    except MlflowException as e:
+        raise CheckpointError(f"{ref}: {str(e).splitlines()[0]}") from None
+    source = mv.source
+    if not source.startswith("runs:/"):
+        raise CheckpointError(f"{ref}: version {mv.version} has source {source}, not a run artifact")
+    run_id, _, path = source[len("runs:/"):].partition("/")
+    return run_id, path, f"{ref} (version {mv.version}, run {run_id})"
