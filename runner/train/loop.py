@@ -59,6 +59,17 @@ def _loss_and_grad_norm(loss: torch.Tensor, params: list, clip: float | None) ->
     return values[0], math.sqrt(sum(v * v for v in values[1:]))
 
 
+def seed_everything(seed: int) -> None:
+    """Seed the global RNGs that training draws from (dropout uses torch's)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
 @dataclass
 class Position:
     """Where training is: the next batch to take, and the running counts of the epoch."""
@@ -73,12 +84,13 @@ class Position:
 
 
 def fit(net: nn.Module, data, cfg: dict, tracker: Any = None, checkpointer: Any = None,
-        resume: dict | None = None) -> TrainResult:
+        resume: dict | None = None, seed: int = 0) -> TrainResult:
     """Train ``net`` on ``data`` as ``cfg`` (the ``train`` group) says.
 
     ``checkpointer`` (``runner.checkpoint.Checkpointer``) is called at epoch ends and every N
     steps; ``resume`` is a training state it saved: optimizer, schedule, RNGs and data position
-    are restored so that training continues exactly as if it had never stopped.
+    are restored so that training continues exactly as if it had never stopped. The global RNGs
+    are seeded from ``seed`` first, so the same config and seed train the same way.
     """
     device = pick_device(cfg.get("device", "auto"))
     net.to(device)
@@ -94,6 +106,7 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None, checkpointer: Any 
     policy = NonFinitePolicy(nf.get("policy", "abort_after"), int(nf.get("patience", 3)))
     clip = cfg.get("grad_clip")
     pos = Position()
+    seed_everything(seed)
     if resume is not None:
         from runner.checkpoint.state import set_rng_state
 

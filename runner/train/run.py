@@ -85,7 +85,8 @@ def train_task(prepared) -> float | None:
         return Checkpointer(folder, ccfg, prepared.net, OmegaConf.to_yaml(OmegaConf.create(cfg)), run_id)
 
     if not tcfg.get("enabled", True):
-        result = fit(prepared.net, prepared.data, cfg["train"], checkpointer=checkpointer(), resume=resume)
+        result = fit(prepared.net, prepared.data, cfg["train"], checkpointer=checkpointer(), resume=resume,
+                     seed=cfg.get("seed", 0))
         print(f"trained {result.steps} steps; {_fmt(result.final)} (tracking disabled)")
         return result.final.get("val/loss")
 
@@ -105,7 +106,7 @@ def train_task(prepared) -> float | None:
         run.log_artifacts()
         ckpt = checkpointer(run.run_id)
         tracker = Tracker(collector, run.sink, tcfg.get("histograms"))
-        result = fit(prepared.net, prepared.data, cfg["train"], tracker, ckpt, resume)
+        result = fit(prepared.net, prepared.data, cfg["train"], tracker, ckpt, resume, seed=cfg.get("seed", 0))
         tracker.finish(result.steps)
         registered = None
         if ckpt is not None and ckpt.store.latest() is not None and ccfg.get("register", True):
