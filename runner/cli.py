@@ -22,12 +22,25 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _app(cfg: DictConfig):
     from runner.errors import Terminated, UserError
+    from runner.sweep import STATUS_FILE, job_context, write_status
 
+    job = job_context()
     try:
-        return run_task(cfg)
-    except UserError as e:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        value = run_task(cfg)
+        if job and not (job["output_dir"] / STATUS_FILE).is_file():
+            write_status(job, "FINISHED")
+        return value
+    except Exception as e:
+        if job is None and not isinstance(e, UserError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
+        if job is not None:  # one failed job must not stop the sweep: report it, go on
+            if not isinstance(e, UserError):
+                import traceback
+
+                traceback.print_exc()
+            print(f"error in job {job['num']} ({job['overrides']}): {e}", file=sys.stderr)
+            write_status(job, "FAILED", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            return float("nan")
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:

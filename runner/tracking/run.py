@@ -41,6 +41,15 @@ def git_commit(where: Path) -> str | None:
         return None
 
 
+def store_folder(uri: str) -> Path | None:
+    """For a sqlite store: create its folder and return where its artifacts go."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    db = Path(uri[len("sqlite:///"):])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return db.parent / "mlartifacts"
+
+
 def ensure_experiment(client: Any, name: str, artifact_root: Path | None) -> str:
     """The id of experiment ``name``, creating it (race-safe) when missing."""
     exp = client.get_experiment_by_name(name)
@@ -60,7 +69,7 @@ class TrackedRun:
     """Context manager: create the run, start the writer, end the run with its true status."""
 
     def __init__(self, config: dict, run_dir: Path, tags: dict[str, str] | None = None,
-                 resume_run_id: str | None = None):
+                 resume_run_id: str | None = None, name: str | None = None):
         self.config = config
         self.tcfg = config["tracking"]
         self.run_dir = run_dir
@@ -71,17 +80,14 @@ class TrackedRun:
         self._monitor = None
         self._old_handler = None
         self.resume_run_id = resume_run_id
+        self.name = name
 
     def __enter__(self) -> "TrackedRun":
         from mlflow import MlflowClient
         from mlflow.entities import Param, RunTag
 
-        if self.uri.startswith("sqlite:///"):
-            Path(self.uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        artifact_root = store_folder(self.uri)
         self.client = MlflowClient(self.uri)
-        artifact_root = None
-        if self.uri.startswith("sqlite:///"):
-            artifact_root = Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts"
         self.experiment_id = ensure_experiment(self.client, self.tcfg.get("experiment") or "runner", artifact_root)
         tags = {"runner.task": "train", "runner.run_dir": str(self.run_dir.resolve()), **self.extra_tags}
         commit = git_commit(Path.cwd())
@@ -124,6 +130,8 @@ class TrackedRun:
     def run_name(self) -> str:
         if self.tcfg.get("run_name"):
             return str(self.tcfg["run_name"])
+        if self.name:
+            return self.name
         import time
 
         return f"{self.config['model'].get('name', 'model')}-{time.strftime('%H%M%S')}"

@@ -1,22 +1,28 @@
 """Delivery to MLflow off the training process: a bounded queue and one writer process.
 
 The training loop only enqueues plain Python values. A writer *process* (not a thread: the store
-client is Python-heavy and would compete with training for the GIL) drains whatever is waiting
-and writes it with ``log_batch`` (up to 1000 metrics a call), which the sqlite store ingests many
+client is Python-heavy and would compete with training for the GIL) collects what arrives and
+writes it with ``log_batch`` (up to 1000 metrics a call), which the sqlite store ingests many
 times faster than one call per metric. Histogram heat maps are rendered and artifacts uploaded
 there too. ``close()`` delivers everything queued before it returns and reports what happened:
 values queued and delivered, the largest backlog, how long (if ever) training waited because
 the queue was full, and any store errors. The writer ignores Ctrl-C and SIGTERM so that it can
-finish delivering while the run is being ended, and exits on its own if the trainer dies.
+finish delivering while the run is being ended; when the trainer dies its stdin closes, and it
+delivers what it has and exits.
 """
 from __future__ import annotations
 
-import multiprocessing as mp
+import json
 import os
+import pickle
 import queue
+import select
 import signal
+import subprocess
+import sys
+import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 BATCH = 1000          # metrics per log_batch call (MLflow's limit)
@@ -40,16 +46,21 @@ class SinkReport:
 
 
 class MlflowSink:
-    """The training side of the writer: cheap, non-blocking (unless the queue is full) calls."""
+    """The training side of the writer: cheap, non-blocking (unless the queue is full) calls.
+
+    The writer is a plain subprocess (``python -m runner.tracking.sink``) fed pickled items over
+    its stdin by a feeder thread, so it works the same under any launcher (Hydra's joblib/loky
+    workers, submitit, torchrun) and never re-imports the caller's ``__main__``.
+    """
 
     def __init__(self, uri: str, run_id: str, queue_size: int = 10_000, skip_upto: dict[str, int] | None = None):
-        ctx = mp.get_context("spawn")  # a clean interpreter: safe with torch's threads
         self.report = SinkReport()
-        self._q = ctx.Queue(maxsize=queue_size)
-        self._results = ctx.Queue()
-        self._proc = ctx.Process(target=_writer_main, name="mlflow-writer", daemon=True,
-                                 args=(uri, run_id, self._q, self._results, os.getpid()))
-        self._proc.start()
+        self._q: queue.Queue = queue.Queue(maxsize=queue_size)
+        env = {**os.environ, "MLFLOW_LOGGING_LEVEL": os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING")}
+        self._proc = subprocess.Popen([sys.executable, "-m", "runner.tracking.sink", uri, run_id],
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._feeder = threading.Thread(target=self._feed, name="mlflow-feeder", daemon=True)
+        self._feeder.start()
         self._closed = False
         self._ready = False
         # a resumed run: values the store already holds (steps up to these) are not sent again
@@ -59,8 +70,25 @@ class MlflowSink:
         """Block until the writer has started (imports done, store open), so that its start-up
         does not compete with the first training steps."""
         if not self._ready:
-            msg = self._results.get(timeout=timeout)
-            self._ready = msg == "ready"
+            line = self._readline(timeout)
+            self._ready = line.strip() == "ready"
+            if not self._ready:
+                self.report.errors.append(f"the writer did not start: {line.strip() or 'no answer'}")
+
+    def _readline(self, timeout: float) -> str:
+        ready, _, _ = select.select([self._proc.stdout], [], [], timeout)
+        return self._proc.stdout.readline().decode() if ready else ""
+
+    def _feed(self) -> None:
+        while True:
+            item = self._q.get()
+            try:
+                pickle.dump(item, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                self._proc.stdin.flush()
+            except (BrokenPipeError, OSError):
+                return
+            if item == STOP:
+                return
 
     def log(self, metrics: dict[str, float], step: int) -> None:
         """Queue metric values for ``step``; returns at once unless the queue is full."""
@@ -86,27 +114,30 @@ class MlflowSink:
             t0 = time.perf_counter()
             self._q.put(item)
             self.report.waited_s += time.perf_counter() - t0
-        try:
-            self.report.max_backlog = max(self.report.max_backlog, self._q.qsize())
-        except NotImplementedError:  # macOS has no qsize
-            pass
+        self.report.max_backlog = max(self.report.max_backlog, self._q.qsize())
 
     def close(self, timeout: float = 600) -> SinkReport:
         """Deliver everything queued, stop the writer and return the report."""
         if self._closed:
             return self.report
         self._closed = True
+        self.wait_ready(timeout)
         self._q.put(STOP)
+        self._feeder.join(timeout)
+        line = self._readline(timeout)
         try:
-            self.wait_ready(timeout)
-            done = self._results.get(timeout=timeout)
+            done = json.loads(line)
             self.report.delivered = done["delivered"]
             self.report.images = done["images"]
             self.report.finished_at = done["finished_at"]
             self.report.errors.extend(done["errors"])
-        except queue.Empty:
+        except (json.JSONDecodeError, KeyError):
             self.report.errors.append(f"the writer did not finish within {timeout:.0f}s")
-        self._proc.join(timeout=30)
+        try:
+            self._proc.stdin.close()
+            self._proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self._proc.kill()
         return self.report
 
 
@@ -169,32 +200,46 @@ class _Writer:
         return False
 
 
-def _writer_main(uri: str, run_id: str, q, results, parent_pid: int) -> None:
+def _writer_main(uri: str, run_id: str) -> None:
+    """The writer process: read pickled items from stdin, write them in large batches."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        os.nice(10)  # training has priority over delivery; the queue absorbs the difference
+        # training has priority over delivery; the queue absorbs the difference (the writer stays
+        # in the trainer's session: with autogroup scheduling, nice counts only within a session)
+        os.nice(10)
     except OSError:
         pass
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     from mlflow import MlflowClient
 
+    inbox: queue.Queue = queue.Queue()
+
+    def read() -> None:  # stdin closes when the trainer exits, whatever the way: stop then
+        stdin = sys.stdin.buffer
+        while True:
+            try:
+                item = pickle.load(stdin)
+            except (EOFError, OSError, pickle.UnpicklingError):
+                inbox.put(STOP)
+                return
+            inbox.put(item)
+            if item == STOP:
+                return
+
+    threading.Thread(target=read, daemon=True).start()
     client = MlflowClient(uri)
     client.get_run(run_id)  # open the store now
     writer = _Writer(client, run_id)
-    results.put("ready")
+    print("ready", flush=True)
     pending: list = []
     waiting = 0          # metric values in ``pending``
     since = 0.0          # when the oldest pending item arrived
     while True:
-        timeout = 1.0 if not pending else max(0.0, since + FLUSH_SECONDS - time.monotonic())
+        timeout = None if not pending else max(0.0, since + FLUSH_SECONDS - time.monotonic())
         try:
-            item = q.get(timeout=timeout)
+            item = inbox.get(timeout=timeout)
         except queue.Empty:
             item = None
-            if os.getppid() != parent_pid:  # the trainer is gone: nobody will close us
-                writer.handle(pending)
-                break
         if item == STOP:
             writer.handle(pending)
             break
@@ -207,5 +252,9 @@ def _writer_main(uri: str, run_id: str, q, results, parent_pid: int) -> None:
         if pending and (waiting >= BATCH or time.monotonic() - since >= FLUSH_SECONDS):
             writer.handle(pending)
             pending, waiting = [], 0
-    results.put({"delivered": writer.delivered, "images": writer.images, "errors": writer.errors,
-                 "finished_at": time.time()})
+    print(json.dumps({"delivered": writer.delivered, "images": writer.images, "errors": writer.errors,
+                      "finished_at": time.time()}), flush=True)
+
+
+if __name__ == "__main__":
+    _writer_main(sys.argv[1], sys.argv[2])

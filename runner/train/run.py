@@ -88,7 +88,7 @@ def train_task(prepared) -> float | None:
         result = fit(prepared.net, prepared.data, cfg["train"], checkpointer=checkpointer(), resume=resume,
                      seed=cfg.get("seed", 0))
         print(f"trained {result.steps} steps; {_fmt(result.final)} (tracking disabled)")
-        return result.final.get("val/loss")
+        return objective(cfg, result.final)
 
     from runner.tracking.run import TrackedRun
 
@@ -98,11 +98,16 @@ def train_task(prepared) -> float | None:
         raise UserError(f"tracking.max_keys: this model would log {collector.keys_per_step()} metric keys per run, "
                         f"over the budget of {budget} (the MLflow UI slows with many keys). Trim tracking.stats, "
                         "or raise tracking.max_keys.")
+    from runner.sweep import job_context, write_status
+
+    job = job_context()
     tags = {**hydra_tags(), "runner.checkpoint_dir": str(folder.resolve())}
     if entry is not None:
         tags["runner.resumed_from_step"] = str(entry.step)
+    if job and job["parent_run_id"]:
+        tags["mlflow.parentRunId"] = job["parent_run_id"]
     resume_run = (resume or {}).get("run_id") or None
-    with TrackedRun(cfg, out, tags, resume_run_id=resume_run) as run:
+    with TrackedRun(cfg, out, tags, resume_run_id=resume_run, name=job["run_name"] if job else None) as run:
         run.log_artifacts()
         ckpt = checkpointer(run.run_id)
         tracker = Tracker(collector, run.sink, tcfg.get("histograms"))
@@ -128,7 +133,15 @@ def train_task(prepared) -> float | None:
         print(f"  weights: {registered}")
     print(f"  view it: {run.ui_command()}  then open http://127.0.0.1:5000/#/experiments/"
           f"{run.experiment_id}/runs/{run.run_id}")
-    return result.final.get("val/loss")
+    if job:
+        write_status(job, "FINISHED", result.final, run.run_id)
+    return objective(cfg, result.final)
+
+
+def objective(cfg: dict, final: dict) -> float | None:
+    """The value a sweeper optimises: the final ``checkpoint.best_metric`` (default val/loss)."""
+    metric = (cfg.get("checkpoint") or {}).get("best_metric") or "val/loss"
+    return final.get(metric, final.get("val/loss"))
 
 
 def _fmt(metrics: dict) -> str:

@@ -1,0 +1,141 @@
+"""Sweeps (``runner -m ...``): one parent MLflow run per sweep, a child run per job, a closing table.
+
+The launching process creates the store and the experiment once, before any job starts (parallel
+jobs opening a fresh sqlite store at once would race its schema migration and the experiment's
+creation), and opens the parent run; its id and the swept keys are written to
+``<sweep dir>/sweep.json`` so jobs find them whatever the launcher (basic, joblib, submitit) and
+process they run in. A job's run is named from the values it sweeps (``train.lr=0.1,init=...``). Each job ends by
+writing ``job_status.json`` in its own directory; a failing job ends FAILED without stopping the
+others, and the sweep ends with a table of jobs and their final metrics, best first, and exit
+status 1 if any job failed.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+SWEEP_FILE = "sweep.json"
+STATUS_FILE = "job_status.json"
+
+
+def _tracking(config: DictConfig) -> dict | None:
+    t = config.get("tracking")
+    if config.get("task", "train") != "train" or t is None or not t.get("enabled", True):
+        return None
+    return t
+
+
+class SweepCallback(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+        info = {"parent_run_id": None, "swept": [o.key_or_group for o in parsed if o.is_sweep_override()]}
+        t = _tracking(config)
+        if t is None:
+            (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
+            return
+        import os
+
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+        from mlflow import MlflowClient
+
+        from runner.tracking.config import default_uri
+        from runner.tracking.run import ensure_experiment, store_folder
+
+        uri = t.get("uri") or default_uri()
+        artifact_root = store_folder(uri)
+        client = MlflowClient(uri)
+        exp_id = ensure_experiment(client, t.get("experiment") or "runner", artifact_root)
+        overrides = " ".join(config.hydra.overrides.task) or "(none)"
+        parent = client.create_run(exp_id, run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+                                   tags={"runner.sweep": "parent", "runner.sweep_dir": str(sweep_dir.resolve()),
+                                         "runner.overrides": overrides})
+        info["parent_run_id"] = parent.info.run_id
+        (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{STATUS_FILE}"))]
+        metric = (config.get("checkpoint") or {}).get("best_metric") or "val/loss"
+        mode = (config.get("checkpoint") or {}).get("best_mode") or "min"
+        failed = [j for j in jobs if j["status"] != "FINISHED"]
+        print_table(jobs, metric, mode)
+        info = json.loads((sweep_dir / SWEEP_FILE).read_text()) if (sweep_dir / SWEEP_FILE).is_file() else {}
+        parent_id = info.get("parent_run_id")
+        t = _tracking(config)
+        if t is not None and parent_id:
+            from mlflow import MlflowClient
+
+            from runner.tracking.config import default_uri
+
+            client = MlflowClient(t.get("uri") or default_uri())
+            done = [j for j in jobs if j["status"] == "FINISHED" and metric in j["metrics"]]
+            if done:
+                best = (min if mode == "min" else max)(done, key=lambda j: j["metrics"][metric])
+                client.log_metric(parent_id, f"best/{metric}", best["metrics"][metric], step=0)
+                client.set_tag(parent_id, "runner.best_run", best.get("run_id") or "")
+            client.set_tag(parent_id, "runner.jobs", f"{len(jobs) - len(failed)} finished, {len(failed)} failed")
+            client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
+        if failed:
+            print(f"{len(failed)} of {len(jobs)} jobs failed", file=sys.stderr)
+            sys.exit(1)
+
+
+def print_table(jobs: list[dict], metric: str, mode: str) -> None:
+    from rich.table import Table
+
+    from runner.report import make_console
+
+    def key(j):
+        v = j["metrics"].get(metric)
+        ok = j["status"] == "FINISHED" and v is not None
+        return (not ok, (v if mode == "min" else -v) if ok else 0.0, j["num"])
+
+    names = sorted({k for j in jobs for k in j["metrics"]})
+    table = Table(title=f"Sweep: {len(jobs)} jobs, best {metric} first", title_justify="left")
+    for col in ("#", "Overrides", "Status", *names, "Run"):
+        table.add_column(col)
+    for j in sorted(jobs, key=key):
+        table.add_row(str(j["num"]), j["overrides"], j["status"],
+                      *(f"{j['metrics'][k]:.4g}" if k in j["metrics"] else "" for k in names),
+                      j.get("run_id") or j.get("error", "")[:60])
+    make_console().print(table)
+
+
+def job_context() -> dict | None:
+    """In a multirun job: its number, overrides, run name, sweep directory and parent run id."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+    except ImportError:
+        return None
+    if not HydraConfig.initialized():
+        return None
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return None
+    sweep_file = Path(hc.sweep.dir) / SWEEP_FILE
+    info = json.loads(sweep_file.read_text()) if sweep_file.is_file() else {}
+    overrides = list(hc.overrides.task)
+    swept = set(info.get("swept") or [])
+    varying = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+    return {"num": int(hc.job.num), "overrides": " ".join(varying or overrides) or "(none)",
+            "run_name": ",".join(varying)[:240] or f"job-{hc.job.num}",
+            "parent_run_id": info.get("parent_run_id"), "output_dir": Path(hc.runtime.output_dir)}
+
+
+def write_status(ctx: dict, status: str, metrics: dict | None = None, run_id: str | None = None,
+                 error: str = "") -> None:
+    ctx["output_dir"].mkdir(parents=True, exist_ok=True)
+    (ctx["output_dir"] / STATUS_FILE).write_text(json.dumps(
+        {"num": ctx["num"], "overrides": ctx["overrides"], "status": status, "metrics": metrics or {},
+         "run_id": run_id, "error": error}))
