@@ -84,17 +84,22 @@ class Position:
 
 
 def fit(net: nn.Module, data, cfg: dict, tracker: Any = None, checkpointer: Any = None,
-        resume: dict | None = None, seed: int = 0) -> TrainResult:
+        resume: dict | None = None, seed: int = 0, dist: Any = None) -> TrainResult:
     """Train ``net`` on ``data`` as ``cfg`` (the ``train`` group) says.
 
     ``checkpointer`` (``runner.checkpoint.Checkpointer``) is called at epoch ends and every N
     steps; ``resume`` is a training state it saved: optimizer, schedule, RNGs and data position
     are restored so that training continues exactly as if it had never stopped. The global RNGs
-    are seeded from ``seed`` first, so the same config and seed train the same way.
+    are seeded from ``seed`` first, so the same config and seed train the same way. ``dist``
+    (``runner.train.distributed.Dist``) makes this one process of a data-parallel group.
     """
     device = pick_device(cfg.get("device", "auto"))
+    if dist is not None and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
     net.to(device)
     params = list(net.parameters())
+    if dist is not None:
+        dist.broadcast_([p.data for p in params])
     opt = make_optimizer(params, cfg)
     loss_fn = make_loss(cfg, data.task)
     epochs = int(cfg["epochs"])
@@ -141,6 +146,9 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None, checkpointer: Any 
                 pos.batch = b + 1
                 step = pos.step
                 log_now = tracker is not None and tracker.due(step)
+                n_global = len(xb)
+                if dist is not None:
+                    xb, yb = dist.shard(xb, yb)
                 xb, yb = xb.to(device, non_blocking=True), yb.to(device, non_blocking=True)
                 if log_now:
                     tracker.activations(True)
@@ -149,7 +157,16 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None, checkpointer: Any 
                 if log_now:
                     tracker.activations(False)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                if dist is not None:  # this share's part of the global batch's mean loss
+                    loss = loss * (len(xb) / n_global)
+                    loss.backward()
+                    for p in params:
+                        if p.grad is None:
+                            p.grad = torch.zeros_like(p)
+                    loss = loss.detach().clone()
+                    dist.sum_([p.grad for p in params] + [loss.reshape(1)])
+                else:
+                    loss.backward()
                 loss_value, grad_norm = _loss_and_grad_norm(loss, params, clip)  # one host sync
                 if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
                     what = "loss" if not math.isfinite(loss_value) else "gradients"

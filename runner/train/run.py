@@ -59,20 +59,22 @@ def train_task(prepared) -> float | None:
     from runner.tracking.tracker import Tracker
     from runner.train.loop import fit
 
+    from runner.train.distributed import from_environment
+
     cfg = prepared.config
+    dist = from_environment()
+    if dist is not None and not dist.is_main:  # only rank 0 writes reports, logs and checkpoints
+        resume = _resume_state(cfg, run_directory(), prepared)[0]
+        result = fit(prepared.net, prepared.data, cfg["train"], resume=resume, seed=cfg.get("seed", 0), dist=dist)
+        return objective(cfg, result.final)
     out = run_directory()
     write_reports(prepared, out)
     tcfg, ccfg = cfg["tracking"], cfg.get("checkpoint") or {"enabled": False}
-    resume, entry = None, None
-    if cfg["train"].get("resume"):
-        from runner.checkpoint.checkpointer import load_checkpoint, resolve_resume
-
-        entry = resolve_resume(cfg["train"]["resume"], out, tcfg.get("uri"))
-        if entry is None:
-            print(f"train.resume=auto: no checkpoint in {out / 'checkpoints'}; starting fresh")
-        else:
-            resume = load_checkpoint(entry, prepared.net)
-            print(f"resuming from {entry.path} (step {entry.step})")
+    resume, entry = _resume_state(cfg, out, prepared)
+    if cfg["train"].get("resume") and entry is None:
+        print(f"train.resume=auto: no checkpoint in {out / 'checkpoints'}; starting fresh")
+    elif entry is not None:
+        print(f"resuming from {entry.path} (step {entry.step})")
     folder = entry.path.parent if entry is not None else out / "checkpoints"
 
     def checkpointer(run_id: str = ""):
@@ -86,7 +88,7 @@ def train_task(prepared) -> float | None:
 
     if not tcfg.get("enabled", True):
         result = fit(prepared.net, prepared.data, cfg["train"], checkpointer=checkpointer(), resume=resume,
-                     seed=cfg.get("seed", 0))
+                     seed=cfg.get("seed", 0), dist=dist)
         print(f"trained {result.steps} steps; {_fmt(result.final)} (tracking disabled)")
         return objective(cfg, result.final)
 
@@ -111,7 +113,8 @@ def train_task(prepared) -> float | None:
         run.log_artifacts()
         ckpt = checkpointer(run.run_id)
         tracker = Tracker(collector, run.sink, tcfg.get("histograms"))
-        result = fit(prepared.net, prepared.data, cfg["train"], tracker, ckpt, resume, seed=cfg.get("seed", 0))
+        result = fit(prepared.net, prepared.data, cfg["train"], tracker, ckpt, resume, seed=cfg.get("seed", 0),
+                     dist=dist)
         tracker.finish(result.steps)
         registered = None
         if ckpt is not None and ckpt.store.latest() is not None and ccfg.get("register", True):
@@ -136,6 +139,18 @@ def train_task(prepared) -> float | None:
     if job:
         write_status(job, "FINISHED", result.final, run.run_id)
     return objective(cfg, result.final)
+
+
+def _resume_state(cfg: dict, out: Path, prepared):
+    """(training state, checkpoint entry) for ``train.resume``, or (None, None)."""
+    if not cfg["train"].get("resume"):
+        return None, None
+    from runner.checkpoint.checkpointer import load_checkpoint, resolve_resume
+
+    entry = resolve_resume(cfg["train"]["resume"], out, cfg["tracking"].get("uri"))
+    if entry is None:
+        return None, None
+    return load_checkpoint(entry, prepared.net), entry
 
 
 def objective(cfg: dict, final: dict) -> float | None:
