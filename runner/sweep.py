@@ -2,9 +2,10 @@
 
 The launching process creates the store and the experiment once, before any job starts (parallel
 jobs opening a fresh sqlite store at once would race its schema migration and the experiment's
-creation), and opens the parent run; its id and the swept keys are written to
+creation), and opens the parent run; its id and the overrides all jobs share are written to
 ``<sweep dir>/sweep.json`` so jobs find them whatever the launcher (basic, joblib, submitit) and
-process they run in. A job's run is named from the values it sweeps (``train.lr=0.1,init=...``). Each job ends by
+process they run in. A job's run is named from the values the sweep chose for it
+(``train.lr=0.1,init=...``), whether from the command line or from a sweeper such as Optuna. Each job ends by
 writing ``job_status.json`` in its own directory; a failing job ends FAILED without stopping the
 others, and the sweep ends with a table of jobs and their final metrics, best first, and exit
 status 1 if any job failed.
@@ -37,8 +38,10 @@ class SweepCallback(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
-        info = {"parent_run_id": None, "swept": [o.key_or_group for o in parsed if o.is_sweep_override()]}
+        given = list(config.hydra.overrides.task)
+        parsed = OverridesParser.create().parse_overrides(given)
+        # overrides every job shares; what a job has beyond them is what the sweep(er) chose for it
+        info = {"parent_run_id": None, "base": [text for text, o in zip(given, parsed) if not o.is_sweep_override()]}
         t = _tracking(config)
         if t is None:
             (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
@@ -125,9 +128,17 @@ def job_context() -> dict | None:
         return None
     sweep_file = Path(hc.sweep.dir) / SWEEP_FILE
     info = json.loads(sweep_file.read_text()) if sweep_file.is_file() else {}
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
     overrides = list(hc.overrides.task)
-    swept = set(info.get("swept") or [])
-    varying = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+
+    def same(text: str) -> tuple:  # compare parsed values: sweepers re-render "false" as "False"
+        o = parser.parse_override(text)
+        return o.key_or_group, repr(o.value())
+
+    base = {same(t) for t in info.get("base") or []}
+    varying = [o for o in overrides if same(o) not in base]
     return {"num": int(hc.job.num), "overrides": " ".join(varying or overrides) or "(none)",
             "run_name": ",".join(varying)[:240] or f"job-{hc.job.num}",
             "parent_run_id": info.get("parent_run_id"), "output_dir": Path(hc.runtime.output_dir)}

@@ -58,3 +58,22 @@ def test_inspect_sweeps_need_no_store(tmp_path):
     r = run_cli("-m", "task=inspect", "model=d2l_mlp,d2l_tied", f"hydra.sweep.dir={tmp_path / 's'}")
     assert r.returncode == 0, r.stderr
     assert "Sweep: 2 jobs" in r.stdout
+
+
+def test_optuna_sweeper_trials_are_child_runs_and_the_objective_is_the_validation_loss(store, tmp_path):
+    r = sweep(tmp_path, store.uri, "hydra/sweeper=optuna_lr", "hydra.sweeper.n_trials=3")
+    assert r.returncode == 0, r.stderr[-3000:]
+    runs = store.runs()
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId")]
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    assert all(c.info.run_name.startswith("train.lr=") for c in children)  # named from what Optuna chose
+    best = min(children, key=lambda c: c.data.metrics["val/loss"])
+    assert f"Best value: {best.data.metrics['val/loss']}"[:18] in r.stdout
+
+
+def test_submitit_local_sweep(store, tmp_path):
+    r = sweep(tmp_path, store.uri, "hydra/launcher=submitit_local", "train.lr=0.1,0.01")
+    assert r.returncode == 0, r.stderr[-3000:]
+    children = [x for x in store.runs() if x.data.tags.get("mlflow.parentRunId")]
+    assert sorted(c.info.run_name for c in children) == ["train.lr=0.01", "train.lr=0.1"]
+    assert all(c.info.status == "FINISHED" for c in children)

@@ -155,7 +155,7 @@ class TrackedRun:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if exc_type is None:
             self.status = "FINISHED"
-        elif issubclass(exc_type, (KeyboardInterrupt, Terminated)):
+        elif issubclass(exc_type, (KeyboardInterrupt, Terminated, SystemExit)):  # SystemExit: a requeue
             self.status = "KILLED"
         else:
             self.status = "FAILED"
