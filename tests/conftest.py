@@ -64,3 +64,21 @@ def store(tmp_path, template_db):
     db.parent.mkdir(parents=True)
     shutil.copy(template_db, db)
     return Store(db)
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory):
+    """An MLflow tracking server on loopback whose backend store is a real PostgreSQL."""
+    from servers import MlflowServer, Postgres, postgres_bin
+
+    if postgres_bin() is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs it)")
+    pg = Postgres()
+    backend = pg.start()
+    server = MlflowServer(backend, tmp_path_factory.mktemp("server") / "artifacts")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+        pg.stop()

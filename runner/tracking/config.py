@@ -8,7 +8,7 @@ from runner.errors import Problem, Problems, did_you_mean, one_of
 from runner.tracking.stats import GRAD_STATS, WEIGHT_STATS
 
 KEYS = {"enabled", "uri", "experiment", "run_name", "every_n_steps", "stats", "activations", "histograms",
-        "max_keys", "queue_size", "system_metrics"}
+        "max_keys", "queue_size", "system_metrics", "http_timeout_s", "drain_timeout_s"}
 STATS_KEYS = {"weights", "grads", "update_ratio"}
 HIST_KEYS = {"enabled", "sample", "bins", "every_n_epochs"}
 
@@ -39,7 +39,7 @@ def check_tracking(cfg: Any, path: str = "tracking") -> list[Problem]:
         p.add(path, "must be a mapping")
         return p.items
     _unknown(p, cfg, KEYS, path)
-    for key in ("every_n_steps", "max_keys", "queue_size"):
+    for key in ("every_n_steps", "max_keys", "queue_size", "http_timeout_s", "drain_timeout_s"):
         _pos_int(p, cfg, key, path)
     for key in ("experiment",):
         if not isinstance(cfg.get(key, "runner"), str) or not cfg.get(key, "runner"):

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from runner.errors import Terminated
+from runner.errors import Terminated, UserError
 from runner.tracking.config import default_uri
 from runner.tracking.sink import MlflowSink, SinkReport
 
@@ -83,8 +83,24 @@ class TrackedRun:
         self.name = name
 
     def __enter__(self) -> "TrackedRun":
+        import os
+
+        if self.uri.startswith(("http://", "https://")):
+            # a tracking server: fail fast instead of MLflow's minutes of retries; the writer
+            # spools through outages (these settings reach it through the environment)
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(self.tcfg.get("http_timeout_s", 10))))
+        try:
+            return self._start()
+        except Exception as e:
+            if self.uri.startswith(("http://", "https://")) and "onnect" in str(e):
+                raise UserError(f"tracking.uri: the tracking server at {self.uri} is unreachable "
+                                f"({str(e).splitlines()[0][:200]})") from None
+            raise
+
+    def _start(self) -> "TrackedRun":
         from mlflow import MlflowClient
-        from mlflow.entities import Param, RunTag
+        from mlflow.entities import Param
 
         artifact_root = store_folder(self.uri)
         self.client = MlflowClient(self.uri)
@@ -102,7 +118,9 @@ class TrackedRun:
         else:
             run = self.client.create_run(self.experiment_id, run_name=self.run_name(), tags=tags)
             self.run_id = run.info.run_id
-        self.sink = MlflowSink(self.uri, self.run_id, int(self.tcfg.get("queue_size", 10_000)), skip_upto=logged)
+        self.sink = MlflowSink(self.uri, self.run_id, int(self.tcfg.get("queue_size", 10_000)), skip_upto=logged,
+                               spool_file=str(self.run_dir / "mlflow_spool.jsonl"),
+                               drain_seconds=float(self.tcfg.get("drain_timeout_s", 120)))
         if self.resume_run_id:
             for k, v in self.extra_tags.items():
                 self.client.set_tag(self.run_id, k, v)
@@ -166,8 +184,22 @@ class TrackedRun:
             if self._monitor is not None:
                 self._monitor.finish()
         finally:
-            self.client.set_terminated(self.run_id, self.status)
+            self._set_terminated()
         return False
+
+    def _set_terminated(self, seconds: float = 120) -> None:
+        """Record the final status, retrying while a tracking server is away."""
+        import time
+
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                self.client.set_terminated(self.run_id, self.status)
+                return
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
 
     def ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri '{self.uri}' --host 127.0.0.1 --port 5000"

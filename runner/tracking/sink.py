@@ -38,6 +38,7 @@ class SinkReport:
     waited_s: float = 0.0   # time the training loop spent blocked on a full queue
     images: int = 0         # images logged
     finished_at: float = 0.0  # wall-clock time (time.time()) when the writer had written everything
+    outages: int = 0        # times the store became unreachable (batches were spooled meanwhile)
     errors: list[str] = field(default_factory=list)
 
     @property
@@ -53,11 +54,13 @@ class MlflowSink:
     workers, submitit, torchrun) and never re-imports the caller's ``__main__``.
     """
 
-    def __init__(self, uri: str, run_id: str, queue_size: int = 10_000, skip_upto: dict[str, int] | None = None):
+    def __init__(self, uri: str, run_id: str, queue_size: int = 10_000, skip_upto: dict[str, int] | None = None,
+                 spool_file: str | None = None, drain_seconds: float = 120):
         self.report = SinkReport()
         self._q: queue.Queue = queue.Queue(maxsize=queue_size)
         env = {**os.environ, "MLFLOW_LOGGING_LEVEL": os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING")}
-        self._proc = subprocess.Popen([sys.executable, "-m", "runner.tracking.sink", uri, run_id],
+        self._proc = subprocess.Popen([sys.executable, "-m", "runner.tracking.sink", uri, run_id, spool_file or "",
+                                       str(drain_seconds)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
         self._feeder = threading.Thread(target=self._feed, name="mlflow-feeder", daemon=True)
         self._feeder.start()
@@ -130,6 +133,7 @@ class MlflowSink:
             self.report.delivered = done["delivered"]
             self.report.images = done["images"]
             self.report.finished_at = done["finished_at"]
+            self.report.outages = done.get("outages", 0)
             self.report.errors.extend(done["errors"])
         except (json.JSONDecodeError, KeyError):
             self.report.errors.append(f"the writer did not finish within {timeout:.0f}s")
@@ -142,12 +146,25 @@ class MlflowSink:
 
 
 class _Writer:
-    def __init__(self, client: Any, run_id: str):
+    """Writes batches; while the store is unreachable, keeps them in a spool and retries.
+
+    A batch that fails is appended to the spool file (JSON lines) and kept in memory; later
+    batches queue behind it, and the spool is retried every ``RETRY_SECONDS`` and at the end for
+    up to ``drain_seconds``. What is still undelivered then stays in the spool file, and is
+    reported.
+    """
+
+    def __init__(self, client: Any, run_id: str, spool_file: str | None = None, drain_seconds: float = 120):
         self.client = client
         self.run_id = run_id
         self.delivered = 0
         self.images = 0
         self.errors: list[str] = []
+        self.spool: list[list] = []
+        self.spool_file = spool_file
+        self.drain_seconds = drain_seconds
+        self.outages = 0
+        self.last_error = ""
 
     def handle(self, items: list) -> None:
         from mlflow.entities import Metric
@@ -167,10 +184,49 @@ class _Writer:
         self.flush(metrics)
 
     def flush(self, metrics: list) -> None:
+        if self.spool:
+            self.retry_spool()
         for i in range(0, len(metrics), BATCH):
             chunk = metrics[i:i + BATCH]
-            if self.guard(lambda: self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)):
-                self.delivered += len(chunk)
+            if self.spool or not self.send(chunk):
+                self.to_spool(chunk)
+
+    def send(self, chunk: list) -> bool:
+        try:
+            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
+        except Exception as e:  # unreachable or failing store: the caller spools the batch
+            self.last_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            return False
+        self.delivered += len(chunk)
+        return True
+
+    def to_spool(self, chunk: list) -> None:
+        if not self.spool:
+            self.outages += 1
+        self.spool.append(chunk)
+        if self.spool_file:
+            with open(self.spool_file, "a") as f:
+                f.write(json.dumps({"run_id": self.run_id, "metrics": [[m.key, m.value, m.timestamp, m.step]
+                                                                      for m in chunk]}) + "\n")
+
+    def retry_spool(self) -> None:
+        while self.spool and self.send(self.spool[0]):
+            self.spool.pop(0)
+
+    def drain(self) -> None:
+        """At the end: keep retrying the spool for up to ``drain_seconds``."""
+        deadline = time.monotonic() + self.drain_seconds
+        while self.spool and time.monotonic() < deadline:
+            self.retry_spool()
+            if self.spool:
+                time.sleep(1.0)
+        if self.spool:
+            left = sum(len(c) for c in self.spool)
+            self.errors.append(f"{left} metric values could not be delivered ({self.last_error}); "
+                               f"they are kept in {self.spool_file}")
+        elif self.outages and self.spool_file:
+            with open(self.spool_file, "a") as f:
+                f.write(json.dumps({"run_id": self.run_id, "delivered": True}) + "\n")
 
     def heatmap(self, key, title, steps, series, bins, step) -> None:
         from runner.tracking.images import heatmap
@@ -200,7 +256,10 @@ class _Writer:
         return False
 
 
-def _writer_main(uri: str, run_id: str) -> None:
+RETRY_SECONDS = 2.0
+
+
+def _writer_main(uri: str, run_id: str, spool_file: str | None = None, drain_seconds: float = 120) -> None:
     """The writer process: read pickled items from stdin, write them in large batches."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -229,19 +288,23 @@ def _writer_main(uri: str, run_id: str) -> None:
     threading.Thread(target=read, daemon=True).start()
     client = MlflowClient(uri)
     client.get_run(run_id)  # open the store now
-    writer = _Writer(client, run_id)
+    writer = _Writer(client, run_id, spool_file, drain_seconds)
     print("ready", flush=True)
     pending: list = []
     waiting = 0          # metric values in ``pending``
     since = 0.0          # when the oldest pending item arrived
     while True:
         timeout = None if not pending else max(0.0, since + FLUSH_SECONDS - time.monotonic())
+        if writer.spool:
+            timeout = RETRY_SECONDS if timeout is None else min(timeout, RETRY_SECONDS)
         try:
             item = inbox.get(timeout=timeout)
         except queue.Empty:
             item = None
+            writer.retry_spool()
         if item == STOP:
             writer.handle(pending)
+            writer.drain()
             break
         if item is not None:
             if not pending:
@@ -253,8 +316,8 @@ def _writer_main(uri: str, run_id: str) -> None:
             writer.handle(pending)
             pending, waiting = [], 0
     print(json.dumps({"delivered": writer.delivered, "images": writer.images, "errors": writer.errors,
-                      "finished_at": time.time()}), flush=True)
+                      "outages": writer.outages, "finished_at": time.time()}), flush=True)
 
 
 if __name__ == "__main__":
-    _writer_main(sys.argv[1], sys.argv[2])
+    _writer_main(sys.argv[1], sys.argv[2], sys.argv[3] or None, float(sys.argv[4]))

@@ -128,6 +128,7 @@ def train_task(prepared) -> float | None:
           f"{result.steps} steps, {_fmt(result.final)}")
     print(f"  metrics: {rep.delivered}/{rep.queued} delivered"
           + (f", training waited {rep.waited_s:.2f}s on a full queue" if rep.waited_s > 0.01 else "")
+          + (f", {rep.outages} store outage(s) bridged" if rep.outages else "")
           + (f", {rep.lost} lost: {rep.errors[0]}" if rep.lost else ""))
     if result.skipped:
         print(f"  {result.skipped} non-finite step(s) skipped")

@@ -1,0 +1,65 @@
+"""Against a real MLflow tracking server backed by PostgreSQL: sweeps, and surviving an outage."""
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, run_cli
+
+pytestmark = pytest.mark.slow
+
+COMMON = ["tracking=server", "train.progress=quiet", "tracking.system_metrics=false",
+          "tracking.histograms.enabled=false", "checkpoint.register=false"]
+
+
+def client(server):
+    from mlflow import MlflowClient
+
+    return MlflowClient(server.uri)
+
+
+def test_parallel_sweep_against_the_postgres_backed_server(tracking_server, tmp_path):
+    r = run_cli("-m", f"tracking.uri={tracking_server.uri}", "tracking.experiment=server-sweep", *COMMON,
+                "train.epochs=1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", "train.lr=0.1,0.03,0.01",
+                "init=d2l_normal,default", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    c = client(tracking_server)
+    runs = c.search_runs([c.get_experiment_by_name("server-sweep").experiment_id])
+    children = [x for x in runs if x.data.tags.get("mlflow.parentRunId")]
+    assert len(children) == 6 and all(x.info.status == "FINISHED" for x in children)
+    assert len([x for x in runs if x.data.tags.get("runner.sweep") == "parent"]) == 1
+
+
+def test_a_server_outage_mid_run_loses_no_metric(tracking_server, tmp_path):
+    args = [sys.executable, "-m", "runner", f"tracking.uri={tracking_server.uri}", "tracking.experiment=outage",
+            *COMMON, "train.epochs=40", "tracking.every_n_steps=5", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    c = client(tracking_server)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        exp = c.get_experiment_by_name("outage")
+        runs = c.search_runs([exp.experiment_id]) if exp else []
+        if runs and "train/loss" in runs[0].data.metrics:
+            break
+        time.sleep(0.3)
+    tracking_server.stop()   # the server goes away for a few seconds while training goes on
+    time.sleep(4)
+    tracking_server.start()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    run = c.search_runs([c.get_experiment_by_name("outage").experiment_id])[0]
+    assert run.info.status == "FINISHED"
+    steps_per_epoch = 13
+    total = 40 * steps_per_epoch
+    expected = [1] + list(range(5, total + 1, 5))
+    for key in ("train/loss", "weight_norm/hidden.weight", "grad_norm/output.bias"):
+        assert [m.step for m in c.get_metric_history(run.info.run_id, key)] == expected, key
+    assert [m.step for m in c.get_metric_history(run.info.run_id, "val/loss")] == list(
+        range(steps_per_epoch, total + 1, steps_per_epoch))
+    delivered = out.split("metrics: ")[1].split(" delivered")[0]
+    queued_ok, queued = delivered.split("/")
+    assert queued_ok == queued
+    assert "store outage(s) bridged" in out  # the writer did meet the outage, and spooled through it
+    spool = (tmp_path / "run" / "mlflow_spool.jsonl").read_text().splitlines()
+    assert len(spool) >= 2 and spool[-1].endswith('"delivered": true}')
