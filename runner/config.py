@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from runner.errors import ConfigError, Problem, Problems, did_you_mean, one_of
+from runner.errors import ConfigError, Problem, Problems, did_you_mean
 
 TASKS = ("train", "inspect")
 TOP_KEYS = {"task", "seed", "inspect", "model", "init", "data", "train", "tracking", "checkpoint"}
@@ -48,9 +48,7 @@ def validate(cfg: Any) -> dict:
     """Check the whole config; return it as a resolved plain dict or raise ConfigError."""
     plain = to_plain(cfg)
     p = Problems()
-    for key in plain:
-        if key not in TOP_KEYS:
-            p.add(key, f"unknown key{did_you_mean(key, TOP_KEYS)}; allowed: {one_of(TOP_KEYS)}")
+    p.unknown_keys(plain, TOP_KEYS, "")
     task = plain.get("task", "train")
     if task not in TASKS:
         p.add("task", f"unknown task {task!r}{did_you_mean(str(task), TASKS)}; choose one of {', '.join(TASKS)}")

@@ -43,9 +43,7 @@ def check_data(cfg: Any, path: str = "data") -> list[Problem]:
         p.add(f"{path}.kind", f"unknown data kind {kind!r}{did_you_mean(str(kind), KINDS)}; known: {one_of(KINDS)}")
         return p.items
     allowed = COMMON | KINDS[kind]
-    for key in cfg:
-        if key not in allowed:
-            p.add(f"{path}.{key}", f"unknown key for kind {kind!r}{did_you_mean(key, allowed)}; allowed: {one_of(allowed)}")
+    p.unknown_keys(cfg, allowed, path, f" for kind {kind!r}")
     for key in ("features", "samples", "classes", "teacher_hidden", "batch_size"):
         v = cfg.get(key)
         if key in allowed and v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):

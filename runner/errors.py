@@ -48,6 +48,14 @@ class Problems:
     def add(self, path: str, message: str) -> None:
         self.items.append(Problem(path, message))
 
+    def unknown_keys(self, cfg: dict, allowed: Iterable[str], path: str, what: str = "") -> None:
+        """One problem per key of ``cfg`` not in ``allowed``, with a suggestion."""
+        allowed = list(allowed)
+        for key in cfg:
+            if key not in allowed:
+                self.add(f"{path}.{key}" if path else str(key),
+                         f"unknown key{what}{did_you_mean(str(key), allowed)}; allowed: {one_of(allowed)}")
+
     def extend(self, other: Iterable[Problem]) -> None:
         self.items.extend(other)
 

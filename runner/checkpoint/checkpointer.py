@@ -19,7 +19,7 @@ from typing import Any
 from runner.checkpoint.state import load_state, save_state
 from runner.checkpoint.store import CheckpointStore, Entry, verify
 from runner.checkpoint.weights import CheckpointError, config_hash, load_into, read_weights, save_weights
-from runner.errors import Problem, Problems, did_you_mean, one_of
+from runner.errors import Problem, Problems
 
 KEYS = {"enabled", "every_n_steps", "keep_last", "keep_best", "best_metric", "best_mode", "register",
         "registered_name"}
@@ -32,9 +32,7 @@ def check_checkpoint(cfg: Any, path: str = "checkpoint") -> list[Problem]:
     if not isinstance(cfg, dict):
         p.add(path, "must be a mapping")
         return p.items
-    for key in cfg:
-        if key not in KEYS:
-            p.add(f"{path}.{key}", f"unknown key{did_you_mean(key, KEYS)}; allowed: {one_of(KEYS)}")
+    p.unknown_keys(cfg, KEYS, path)
     for key, low in (("every_n_steps", 1), ("keep_last", 1), ("keep_best", 0)):
         v = cfg.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from runner.errors import ConfigError, Problem, Problems, did_you_mean, one_of
+from runner.errors import ConfigError, Problem, Problems, did_you_mean
 
 OPS = ("set", "add", "mul")
 EDIT_KEYS = {"param", "op", "value", "index"}
@@ -26,9 +26,7 @@ def check_edits(edits: Any, path: str) -> list[Problem]:
         if not isinstance(e, dict):
             p.add(ep, f"must be a mapping like {{param: hidden.weight, op: set, value: 42}}, got {e!r}")
             continue
-        for key in e:
-            if key not in EDIT_KEYS:
-                p.add(f"{ep}.{key}", f"unknown key{did_you_mean(key, EDIT_KEYS)}; allowed: {one_of(EDIT_KEYS)}")
+        p.unknown_keys(e, EDIT_KEYS, ep)
         if not isinstance(e.get("param"), str):
             p.add(f"{ep}.param", "missing required value (a parameter name)")
         if e.get("op", "set") not in OPS:

@@ -50,9 +50,7 @@ def check_init(cfg: Any, path: str = "init") -> list[Problem]:
     if not isinstance(cfg, dict):
         p.add(path, "must be a mapping")
         return p.items
-    for key in cfg:
-        if key not in INIT_KEYS:
-            p.add(f"{path}.{key}", f"unknown key{did_you_mean(key, INIT_KEYS)}; allowed: {one_of(INIT_KEYS)}")
+    p.unknown_keys(cfg, INIT_KEYS, path)
     rules = cfg.get("rules") or []
     if not isinstance(rules, list):
         p.add(f"{path}.rules", "must be a list of rules")
@@ -71,9 +69,7 @@ def _check_rule(rule: Any, path: str, p: Problems) -> None:
     if not isinstance(rule, dict):
         p.add(path, f"must be a mapping with an 'init', got {rule!r}")
         return
-    for key in rule:
-        if key not in RULE_KEYS:
-            p.add(f"{path}.{key}", f"unknown key{did_you_mean(key, RULE_KEYS)}; allowed: {one_of(RULE_KEYS)}")
+    p.unknown_keys(rule, RULE_KEYS, path)
     name = rule.get("init")
     if not name:
         p.add(f"{path}.init", f"missing required value (one of {one_of(I.BUILTINS)}, {I.DEFAULT}, or a dotted path)")

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from runner import names as N
-from runner.errors import ConfigError, Problem, Problems, did_you_mean, one_of
+from runner.errors import ConfigError, Problem, Problems, did_you_mean
 
 KEYS = {"source", "include", "exclude", "rename", "allow_mismatch"}
 
@@ -29,9 +29,7 @@ def check_warm_start(cfg: Any, path: str) -> list[Problem]:
     if not isinstance(cfg, dict):
         p.add(path, "must be a mapping with a source")
         return p.items
-    for key in cfg:
-        if key not in KEYS:
-            p.add(f"{path}.{key}", f"unknown key{did_you_mean(key, KEYS)}; allowed: {one_of(KEYS)}")
+    p.unknown_keys(cfg, KEYS, path)
     if not isinstance(cfg.get("source"), str) or not cfg.get("source"):
         p.add(f"{path}.source", "missing required value (a checkpoint path, runs:/... or models:/...)")
     for key in ("include", "exclude"):

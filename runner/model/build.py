@@ -39,9 +39,7 @@ def check_model(cfg: Any, path: str = "model") -> list[Problem]:
     if not isinstance(cfg, dict):
         p.add(path, "must be a mapping with 'layers'")
         return p.items
-    for key in cfg:
-        if key not in MODEL_KEYS:
-            p.add(f"{path}.{key}", f"unknown key{did_you_mean(key, MODEL_KEYS)}; allowed: {one_of(MODEL_KEYS)}")
+    p.unknown_keys(cfg, MODEL_KEYS, path)
     _check_children(cfg.get("layers"), f"{path}.layers", p)
     p.extend(check_ties(cfg.get("ties"), f"{path}.ties"))
     return p.items
@@ -84,9 +82,9 @@ def _check_node(node: Any, path: str, p: Problems) -> None:
         p.add(f"{path}.type", f"unknown layer type {t!r}{did_you_mean(str(t), types)}; known: {one_of(types)}")
         return
     fields = fields_of(t)
+    p.unknown_keys(node, fields, path, f" for {t!r}")
     for key, value in node.items():
         if key not in fields:
-            p.add(f"{path}.{key}", f"unknown key for {t!r}{did_you_mean(key, fields)}; allowed: {one_of(fields)}")
             continue
         if value is None and not fields[key].required:
             continue

@@ -6,7 +6,7 @@ building both read this table, so a type cannot be buildable yet unvalidated or 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch

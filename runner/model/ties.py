@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from runner import names as N
-from runner.errors import ConfigError, Problem, Problems, did_you_mean, one_of
+from runner.errors import ConfigError, Problem, Problems, did_you_mean
 
 GROUP_KEYS = {"layers", "params", "transpose", "name"}
 
@@ -49,9 +49,7 @@ def check_ties(ties: Any, path: str = "model.ties") -> list[Problem]:
         if not isinstance(g, dict):
             p.add(gp, f"must be a mapping like {{params: [a.weight, b.weight]}}, got {g!r}")
             continue
-        for key in g:
-            if key not in GROUP_KEYS:
-                p.add(f"{gp}.{key}", f"unknown key{did_you_mean(key, GROUP_KEYS)}; allowed: {one_of(GROUP_KEYS)}")
+        p.unknown_keys(g, GROUP_KEYS, gp)
         has = [k for k in ("layers", "params") if k in g]
         if len(has) != 1:
             p.add(gp, "needs exactly one of 'layers' (share whole layers) or 'params' (share tensors)")

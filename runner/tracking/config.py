@@ -4,7 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from runner.errors import Problem, Problems, did_you_mean, one_of
+from runner.errors import Problem, Problems, did_you_mean
 from runner.tracking.stats import GRAD_STATS, WEIGHT_STATS
 
 KEYS = {"enabled", "uri", "experiment", "run_name", "every_n_steps", "stats", "activations", "histograms",
@@ -17,12 +17,6 @@ def default_uri(base: Path | None = None) -> str:
     """``sqlite:////abs/outputs/mlflow.db`` under ``base`` (the launch directory)."""
     path = ((base or Path.cwd()) / "outputs" / "mlflow.db").resolve()
     return f"sqlite:///{path}"
-
-
-def _unknown(p: Problems, cfg: dict, allowed: set, path: str) -> None:
-    for key in cfg:
-        if key not in allowed:
-            p.add(f"{path}.{key}", f"unknown key{did_you_mean(key, allowed)}; allowed: {one_of(allowed)}")
 
 
 def _pos_int(p: Problems, cfg: dict, key: str, path: str, zero_ok: bool = False) -> None:
@@ -38,7 +32,7 @@ def check_tracking(cfg: Any, path: str = "tracking") -> list[Problem]:
     if not isinstance(cfg, dict):
         p.add(path, "must be a mapping")
         return p.items
-    _unknown(p, cfg, KEYS, path)
+    p.unknown_keys(cfg, KEYS, path)
     for key in ("every_n_steps", "max_keys", "queue_size", "http_timeout_s", "drain_timeout_s"):
         _pos_int(p, cfg, key, path)
     for key in ("experiment",):
@@ -48,7 +42,7 @@ def check_tracking(cfg: Any, path: str = "tracking") -> list[Problem]:
     if not isinstance(stats, dict):
         p.add(f"{path}.stats", "must be a mapping with weights, grads, update_ratio")
     else:
-        _unknown(p, stats, STATS_KEYS, f"{path}.stats")
+        p.unknown_keys(stats, STATS_KEYS, f"{path}.stats")
         for key, allowed in (("weights", WEIGHT_STATS), ("grads", GRAD_STATS)):
             for s in stats.get(key) or []:
                 if s not in allowed:
@@ -58,7 +52,7 @@ def check_tracking(cfg: Any, path: str = "tracking") -> list[Problem]:
     if not isinstance(hist, dict):
         p.add(f"{path}.histograms", "must be a mapping")
     else:
-        _unknown(p, hist, HIST_KEYS, f"{path}.histograms")
+        p.unknown_keys(hist, HIST_KEYS, f"{path}.histograms")
         for key in ("sample", "bins"):
             _pos_int(p, hist, key, f"{path}.histograms")
         _pos_int(p, hist, "every_n_epochs", f"{path}.histograms", zero_ok=True)

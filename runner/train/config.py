@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from runner.errors import Problem, Problems, did_you_mean, one_of
+from runner.errors import Problem, Problems, did_you_mean
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "exponential")
@@ -39,9 +39,7 @@ def check_train(cfg: Any, path: str = "train") -> list[Problem]:
     if not isinstance(cfg, dict):
         p.add(path, "must be a mapping")
         return p.items
-    for key in cfg:
-        if key not in TRAIN_KEYS:
-            p.add(f"{path}.{key}", f"unknown key{did_you_mean(key, TRAIN_KEYS)}; allowed: {one_of(TRAIN_KEYS)}")
+    p.unknown_keys(cfg, TRAIN_KEYS, path)
     _choice(p, cfg, "optimizer", OPTIMIZERS, path)
     _choice(p, cfg, "schedule", SCHEDULES, path, nullable=True)
     _choice(p, cfg, "loss", LOSSES, path)
@@ -61,9 +59,7 @@ def check_train(cfg: Any, path: str = "train") -> list[Problem]:
     if not isinstance(nf, dict):
         p.add(f"{path}.nonfinite", "must be a mapping with policy and patience")
     else:
-        for key in nf:
-            if key not in {"policy", "patience"}:
-                p.add(f"{path}.nonfinite.{key}", f"unknown key{did_you_mean(key, ['policy', 'patience'])}")
+        p.unknown_keys(nf, ("policy", "patience"), f"{path}.nonfinite")
         _choice(p, {"policy": nf.get("policy", "abort_after")}, "policy", POLICIES, f"{path}.nonfinite")
         _positive(p, {"patience": nf.get("patience", 3)}, "patience", f"{path}.nonfinite", integer=True)
     return p.items
