@@ -71,6 +71,7 @@ def run_task(cfg: DictConfig):
         from runner import report
 
         report.print_inspection(prepared.net, prepared.init_report, prepared.config["inspect"].get("show"))
+        report.write_reports(prepared, report.run_directory())
         return None
     from runner.train.run import train_task
 

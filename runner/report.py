@@ -1,6 +1,8 @@
 """Rich tables for what ``task=inspect`` and the API show: summary, parameters, init report, values."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -130,3 +132,34 @@ def print_inspection(net, init_report=None, values: str | None = None, console: 
         console.print(init_table(init_report))
     if values:
         print_values(net, values, console)
+
+
+def run_directory() -> Path:
+    """The Hydra run (or job) directory, or the current directory outside Hydra."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        if HydraConfig.initialized():
+            return Path(HydraConfig.get().runtime.output_dir)
+    except ImportError:
+        pass
+    return Path.cwd()
+
+
+def write_reports(prepared, out: Path) -> None:
+    """summary.txt (summary + parameters), init_report.json, tie_map.json and config.yaml in ``out``."""
+    from omegaconf import OmegaConf
+    from rich.console import Console
+
+    from runner.model.ties import tie_map
+
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "summary.txt", "w") as f:
+        console = Console(file=f, width=200, color_system=None)
+        s = summarize(prepared.net)
+        console.print(summary_table(s))
+        console.print(summary_footer(s))
+        console.print(params_table(prepared.net, prepared.init_report))
+    (out / "init_report.json").write_text(json.dumps(prepared.init_report.to_dict(), indent=1))
+    (out / "tie_map.json").write_text(json.dumps(tie_map(prepared.net), indent=1))
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(prepared.config)))

@@ -43,6 +43,11 @@ def test_run_directory_is_created_with_hydra_configs(tmp_path):
     r = run_cli("task=inspect", f"hydra.run.dir={tmp_path / 'r'}")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "r" / ".hydra" / "config.yaml").is_file()
+    import json
+
+    report = json.loads((tmp_path / "r" / "init_report.json").read_text())
+    assert [p["name"] for p in report["parameters"]] == ["hidden.weight", "hidden.bias", "output.weight", "output.bias"]
+    assert "Total params: 25" in (tmp_path / "r" / "summary.txt").read_text()
 
 
 def test_multirun_inspect_sweeps(tmp_path):

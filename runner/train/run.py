@@ -2,21 +2,10 @@
 closing message that says where the run is and how to look at it."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from runner.errors import UserError
-
-
-def run_directory() -> Path:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        if HydraConfig.initialized():
-            return Path(HydraConfig.get().runtime.output_dir)
-    except ImportError:
-        pass
-    return Path.cwd()
+from runner.report import run_directory, write_reports
 
 
 def hydra_tags() -> dict[str, str]:
@@ -32,26 +21,6 @@ def hydra_tags() -> dict[str, str]:
         return tags
     except (ImportError, ValueError):
         return {}
-
-
-def write_reports(prepared, out: Path) -> None:
-    """summary.txt, parameters.txt, init_report.json, tie_map.json, config.yaml in the run directory."""
-    from omegaconf import OmegaConf
-    from rich.console import Console
-
-    from runner import report
-    from runner.model.ties import tie_map
-
-    out.mkdir(parents=True, exist_ok=True)
-    with open(out / "summary.txt", "w") as f:
-        console = Console(file=f, width=200, color_system=None)
-        s = report.summarize(prepared.net)
-        console.print(report.summary_table(s))
-        console.print(report.summary_footer(s))
-        console.print(report.params_table(prepared.net, prepared.init_report))
-    (out / "init_report.json").write_text(json.dumps(prepared.init_report.to_dict(), indent=1))
-    (out / "tie_map.json").write_text(json.dumps(tie_map(prepared.net), indent=1))
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(prepared.config)))
 
 
 def train_task(prepared) -> float | None:
