@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Any, Iterable
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,15 @@ class Problems:
 
     def add(self, path: str, message: str) -> None:
         self.items.append(Problem(path, message))
+
+    def mapping(self, cfg: Any, path: str, allowed: Iterable[str], shape: str = "") -> bool:
+        """Whether ``cfg`` is a mapping (a problem if not: ``must be a mapping<shape>``); its
+        unknown keys are added as problems too."""
+        if not isinstance(cfg, dict):
+            self.add(path, f"must be a mapping{shape}, got {cfg!r}")
+            return False
+        self.unknown_keys(cfg, allowed, path)
+        return True
 
     def unknown_keys(self, cfg: dict, allowed: Iterable[str], path: str, what: str = "") -> None:
         """One problem per key of ``cfg`` not in ``allowed``, with a suggestion."""

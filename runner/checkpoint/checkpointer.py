@@ -29,10 +29,8 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 def check_checkpoint(cfg: Any, path: str = "checkpoint") -> list[Problem]:
     p = Problems()
-    if not isinstance(cfg, dict):
-        p.add(path, "must be a mapping")
+    if not p.mapping(cfg, path, KEYS):
         return p.items
-    p.unknown_keys(cfg, KEYS, path)
     for key, low in (("every_n_steps", 1), ("keep_last", 1), ("keep_best", 0)):
         v = cfg.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):

@@ -23,10 +23,8 @@ def check_edits(edits: Any, path: str) -> list[Problem]:
         return p.items
     for i, e in enumerate(edits):
         ep = f"{path}[{i}]"
-        if not isinstance(e, dict):
-            p.add(ep, f"must be a mapping like {{param: hidden.weight, op: set, value: 42}}, got {e!r}")
+        if not p.mapping(e, ep, EDIT_KEYS, " like {param: hidden.weight, op: set, value: 42}"):
             continue
-        p.unknown_keys(e, EDIT_KEYS, ep)
         if not isinstance(e.get("param"), str):
             p.add(f"{ep}.param", "missing required value (a parameter name)")
         if e.get("op", "set") not in OPS:

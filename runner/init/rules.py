@@ -47,10 +47,8 @@ def check_init(cfg: Any, path: str = "init") -> list[Problem]:
     from runner.init.edits import check_edits
 
     p = Problems()
-    if not isinstance(cfg, dict):
-        p.add(path, "must be a mapping")
+    if not p.mapping(cfg, path, INIT_KEYS):
         return p.items
-    p.unknown_keys(cfg, INIT_KEYS, path)
     rules = cfg.get("rules") or []
     if not isinstance(rules, list):
         p.add(f"{path}.rules", "must be a list of rules")
@@ -66,10 +64,8 @@ def check_init(cfg: Any, path: str = "init") -> list[Problem]:
 
 
 def _check_rule(rule: Any, path: str, p: Problems) -> None:
-    if not isinstance(rule, dict):
-        p.add(path, f"must be a mapping with an 'init', got {rule!r}")
+    if not p.mapping(rule, path, RULE_KEYS, " with an 'init'"):
         return
-    p.unknown_keys(rule, RULE_KEYS, path)
     name = rule.get("init")
     if not name:
         p.add(f"{path}.init", f"missing required value (one of {one_of(I.BUILTINS)}, {I.DEFAULT}, or a dotted path)")

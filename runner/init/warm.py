@@ -26,10 +26,8 @@ KEYS = {"source", "include", "exclude", "rename", "allow_mismatch"}
 
 def check_warm_start(cfg: Any, path: str) -> list[Problem]:
     p = Problems()
-    if not isinstance(cfg, dict):
-        p.add(path, "must be a mapping with a source")
+    if not p.mapping(cfg, path, KEYS, " with a source"):
         return p.items
-    p.unknown_keys(cfg, KEYS, path)
     if not isinstance(cfg.get("source"), str) or not cfg.get("source"):
         p.add(f"{path}.source", "missing required value (a checkpoint path, runs:/... or models:/...)")
     for key in ("include", "exclude"):

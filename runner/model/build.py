@@ -36,10 +36,8 @@ MODEL_KEYS = {"name", "description", "layers", "ties"}
 def check_model(cfg: Any, path: str = "model") -> list[Problem]:
     """Every problem in a model config, each with its dotted config path."""
     p = Problems()
-    if not isinstance(cfg, dict):
-        p.add(path, "must be a mapping with 'layers'")
+    if not p.mapping(cfg, path, MODEL_KEYS, " with 'layers'"):
         return p.items
-    p.unknown_keys(cfg, MODEL_KEYS, path)
     _check_children(cfg.get("layers"), f"{path}.layers", p)
     p.extend(check_ties(cfg.get("ties"), f"{path}.ties"))
     return p.items

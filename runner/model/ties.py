@@ -46,10 +46,8 @@ def check_ties(ties: Any, path: str = "model.ties") -> list[Problem]:
         return p.items
     for i, g in enumerate(ties):
         gp = f"{path}[{i}]"
-        if not isinstance(g, dict):
-            p.add(gp, f"must be a mapping like {{params: [a.weight, b.weight]}}, got {g!r}")
+        if not p.mapping(g, gp, GROUP_KEYS, " like {params: [a.weight, b.weight]}"):
             continue
-        p.unknown_keys(g, GROUP_KEYS, gp)
         has = [k for k in ("layers", "params") if k in g]
         if len(has) != 1:
             p.add(gp, "needs exactly one of 'layers' (share whole layers) or 'params' (share tensors)")

@@ -29,10 +29,8 @@ def _pos_int(p: Problems, cfg: dict, key: str, path: str, zero_ok: bool = False)
 
 def check_tracking(cfg: Any, path: str = "tracking") -> list[Problem]:
     p = Problems()
-    if not isinstance(cfg, dict):
-        p.add(path, "must be a mapping")
+    if not p.mapping(cfg, path, KEYS):
         return p.items
-    p.unknown_keys(cfg, KEYS, path)
     for key in ("every_n_steps", "max_keys", "queue_size", "http_timeout_s", "drain_timeout_s"):
         _pos_int(p, cfg, key, path)
     for key in ("experiment",):

@@ -36,10 +36,8 @@ def _positive(p: Problems, cfg: dict, key: str, path: str, integer: bool = False
 
 def check_train(cfg: Any, path: str = "train") -> list[Problem]:
     p = Problems()
-    if not isinstance(cfg, dict):
-        p.add(path, "must be a mapping")
+    if not p.mapping(cfg, path, TRAIN_KEYS):
         return p.items
-    p.unknown_keys(cfg, TRAIN_KEYS, path)
     _choice(p, cfg, "optimizer", OPTIMIZERS, path)
     _choice(p, cfg, "schedule", SCHEDULES, path, nullable=True)
     _choice(p, cfg, "loss", LOSSES, path)
