@@ -201,3 +201,19 @@ def test_tracking_disabled_trains_without_mlflow(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "tracking disabled" in r.stdout
     assert (tmp_path / "run" / "init_report.json").is_file()
+
+
+def test_a_dead_writer_never_stalls_training_and_is_reported(store):
+    exp = store.client.create_experiment("dead-writer")
+    run_id = store.client.create_run(exp).info.run_id
+    sink = MlflowSink(store.uri, run_id, queue_size=2)
+    sink.wait_ready()
+    sink._proc.kill()
+    sink._proc.wait()
+    t0 = time.time()
+    for step in range(1, 201):
+        sink.log({"train/loss": float(step)}, step)
+    report = sink.close(timeout=10)
+    assert time.time() - t0 < 30
+    assert report.lost == 200 and report.delivered == 0
+    assert any("writer" in e for e in report.errors)

@@ -66,6 +66,7 @@ class MlflowSink:
         self._feeder.start()
         self._closed = False
         self._ready = False
+        self._dead = False
         # a resumed run: values the store already holds (steps up to these) are not sent again
         self._skip_upto = skip_upto or {}
 
@@ -89,7 +90,7 @@ class MlflowSink:
                 pickle.dump(item, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
                 self._proc.stdin.flush()
             except (BrokenPipeError, OSError):
-                return
+                return  # the writer is gone; _put notices and stops waiting for it
             if item == STOP:
                 return
 
@@ -115,7 +116,17 @@ class MlflowSink:
             self._q.put_nowait(item)
         except queue.Full:
             t0 = time.perf_counter()
-            self._q.put(item)
+            while True:  # wait for room, unless the writer is gone: then training must go on
+                if not self._feeder.is_alive():
+                    if not self._dead:
+                        self._dead = True
+                        self.report.errors.append("the writer process stopped; later values were not delivered")
+                    return
+                try:
+                    self._q.put(item, timeout=1.0)
+                    break
+                except queue.Full:
+                    continue
             self.report.waited_s += time.perf_counter() - t0
         self.report.max_backlog = max(self.report.max_backlog, self._q.qsize())
 
@@ -125,7 +136,7 @@ class MlflowSink:
             return self.report
         self._closed = True
         self.wait_ready(timeout)
-        self._q.put(STOP)
+        self._put(STOP)
         self._feeder.join(timeout)
         line = self._readline(timeout)
         try:
