@@ -24,11 +24,11 @@ def hydra_tags() -> dict[str, str]:
 
 
 def train_task(prepared) -> float | None:
+    from runner.sweep import job_context, write_status
     from runner.tracking.stats import StatsCollector
     from runner.tracking.tracker import Tracker
-    from runner.train.loop import fit
-
     from runner.train.distributed import from_environment
+    from runner.train.loop import fit
 
     cfg = prepared.config
     dist = from_environment()
@@ -38,6 +38,7 @@ def train_task(prepared) -> float | None:
         return objective(cfg, result.final)
     out = run_directory()
     write_reports(prepared, out)
+    job = job_context()  # set in a multirun job
     tcfg, ccfg = cfg["tracking"], cfg.get("checkpoint") or {"enabled": False}
     resume, entry = _resume_state(cfg, out, prepared)
     if cfg["train"].get("resume") and entry is None:
@@ -59,6 +60,8 @@ def train_task(prepared) -> float | None:
         result = fit(prepared.net, prepared.data, cfg["train"], checkpointer=checkpointer(), resume=resume,
                      seed=cfg.get("seed", 0), dist=dist)
         print(f"trained {result.steps} steps; {_fmt(result.final)} (tracking disabled)")
+        if job:
+            write_status(job, "FINISHED", result.final)
         return objective(cfg, result.final)
 
     from runner.tracking.run import TrackedRun
@@ -69,9 +72,6 @@ def train_task(prepared) -> float | None:
         raise UserError(f"tracking.max_keys: this model would log {collector.keys_per_step()} metric keys per run, "
                         f"over the budget of {budget} (the MLflow UI slows with many keys). Trim tracking.stats, "
                         "or raise tracking.max_keys.")
-    from runner.sweep import job_context, write_status
-
-    job = job_context()
     tags = {**hydra_tags(), "runner.checkpoint_dir": str(folder.resolve())}
     if entry is not None:
         tags["runner.resumed_from_step"] = str(entry.step)
