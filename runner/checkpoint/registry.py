@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.checkpoint.store import CheckpointStore, verify
-from runner.checkpoint.weights import CheckpointError, read_weights
+from runner.checkpoint.store import CheckpointStore, Entry, verify
+from runner.checkpoint.weights import CheckpointError, read_metadata
 
 BEST = "best"
 
@@ -36,13 +36,14 @@ def _register(client: Any, name: str) -> None:
             pass  # created meanwhile by another run
 
 
-def publish(client: Any, run_id: str, store: CheckpointStore, name: str, metric: str | None, mode: str) -> str:
-    """Log the final/best checkpoints to the run and register the final weights; returns its models:/ URI."""
-    final, best = store.latest(), store.best()
+def publish(client: Any, run_id: str, final: Entry, store: CheckpointStore, name: str, metric: str | None,
+            mode: str) -> str:
+    """Log the final (and best) checkpoint to the run and register the final weights; returns its models:/ URI."""
+    best = store.best()
     client.log_artifacts(run_id, str(final.path), "checkpoints/final")
     if best is not None and best.path != final.path:
         client.log_artifacts(run_id, str(best.path), "checkpoints/best")
-    _, meta = read_weights(final.path / "weights.safetensors")
+    meta = read_metadata(final.path / "weights.safetensors")
     ties = json.loads(meta.get("runner.tie_map", "{}"))
     tags = {"run_id": run_id, "step": str(final.step), "tie_groups": str(len(ties))}
     value = final.metrics.get(metric) if metric else None

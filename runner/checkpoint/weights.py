@@ -72,6 +72,18 @@ def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     return tensors, meta
 
 
+def read_metadata(path: Path) -> dict[str, str]:
+    """A safetensors file's metadata, without reading its tensors."""
+    from safetensors import SafetensorError
+    from safetensors.torch import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
+
+
 def file_tie_map(meta: dict[str, str]) -> dict[str, Any] | None:
     raw = meta.get("runner.tie_map")
     if raw is None:

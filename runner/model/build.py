@@ -199,10 +199,6 @@ class Network(nn.Sequential):
             raise UserError(f"no module named {name!r}{did_you_mean(name, table)}")
         return table[name]
 
-    def owner(self, param_name: str) -> tuple[str, str]:
-        """(module name, attribute) that holds a parameter name."""
-        return N.parent(param_name), N.leaf(param_name)
-
 
 def build_model(cfg: dict, sample: torch.Tensor, path: str = "model") -> Network:
     """Validate ``cfg`` and build it, inferring shapes by running ``sample`` through each layer."""

@@ -18,7 +18,6 @@ class Tracker:
         self.bins = int(hist_cfg.get("bins", 40))
         self.every_n_epochs = int(hist_cfg.get("every_n_epochs", 0) or 0)
         self.history: dict[str, tuple[list[int], list[list[float]]]] = {}
-        self.last_step = 0
 
     # called by the loop ---------------------------------------------------------------------
     def start(self, device: torch.device) -> None:
@@ -40,7 +39,6 @@ class Tracker:
             steps, series = self.history.setdefault(key, ([], []))
             steps.append(step)
             series.append(values)
-        self.last_step = step
 
     def skipped(self, step: int, count: int) -> None:
         self.sink.log({"train/nonfinite_steps": float(count)}, step)

@@ -62,7 +62,3 @@ def from_environment() -> Dist | None:
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
     return Dist(dist.get_rank(), dist.get_world_size())
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))

@@ -86,17 +86,19 @@ def train_task(prepared) -> float | None:
                      dist=dist)
         tracker.finish(result.steps)
         registered = None
-        if ckpt is not None and ckpt.store.latest() is not None and ccfg.get("register", True):
+        final = ckpt and (ckpt.last or ckpt.store.latest())  # latest(): resumed with nothing left to train
+        if final and ccfg.get("register", True):
             from runner.checkpoint.registry import publish
 
-            registered = publish(run.client, run.run_id, ckpt.store,
+            registered = publish(run.client, run.run_id, final, ckpt.store,
                                  ccfg.get("registered_name") or cfg["model"].get("name", "model"),
                                  ccfg.get("best_metric"), ccfg.get("best_mode", "min"))
     rep = run.sink_report
     print(f"run {run.run_id} ({run.status}) in experiment '{tcfg.get('experiment')}': "
           f"{result.steps} steps, {_fmt(result.final)}")
     print(f"  metrics: {rep.delivered}/{rep.queued} delivered"
-          + (f", training waited {rep.waited_s:.2f}s on a full queue" if rep.waited_s > 0.01 else "")
+          + (f", training waited {rep.waited_s:.2f}s on a full queue (backlog peaked at {rep.max_backlog} items)"
+             if rep.waited_s > 0.01 else "")
           + (f", {rep.outages} store outage(s) bridged" if rep.outages else "")
           + (f", {rep.lost} lost: {rep.errors[0]}" if rep.lost else ""))
     if result.skipped:
