@@ -19,6 +19,7 @@ import torch
 class Dist:
     rank: int
     world: int
+    owns_group: bool = False
 
     @property
     def is_main(self) -> bool:
@@ -41,6 +42,14 @@ class Dist:
             t.copy_(flat[offset:offset + n].view_as(t))
             offset += n
 
+    def close(self) -> None:
+        """Tear down the process group this process joined. Gloo's worker threads left to
+        interpreter finalization can abort the process, so this runs before returning."""
+        import torch.distributed as dist
+
+        if self.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
     def broadcast_(self, tensors: list[torch.Tensor]) -> None:
         import torch.distributed as dist
 
@@ -56,9 +65,10 @@ def from_environment() -> Dist | None:
         return None
     import torch.distributed as dist
 
-    if not dist.is_initialized():
+    owns = not dist.is_initialized()
+    if owns:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         if backend == "nccl":
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group(backend=backend)
-    return Dist(dist.get_rank(), dist.get_world_size())
+    return Dist(dist.get_rank(), dist.get_world_size(), owns)

@@ -24,14 +24,23 @@ def hydra_tags() -> dict[str, str]:
 
 
 def train_task(prepared) -> float | None:
+    from runner.train.distributed import from_environment
+
+    dist = from_environment()
+    try:
+        return _train(prepared, dist)
+    finally:  # a gloo group left to interpreter teardown can abort the process (SIGABRT)
+        if dist is not None:
+            dist.close()
+
+
+def _train(prepared, dist) -> float | None:
     from runner.sweep import job_context, write_status
     from runner.tracking.stats import StatsCollector
     from runner.tracking.tracker import Tracker
-    from runner.train.distributed import from_environment
     from runner.train.loop import fit
 
     cfg = prepared.config
-    dist = from_environment()
     if dist is not None and not dist.is_main:  # only rank 0 writes reports, logs and checkpoints
         resume = _resume_state(cfg, run_directory(), prepared)[0]
         result = fit(prepared.net, prepared.data, cfg["train"], resume=resume, seed=cfg.get("seed", 0), dist=dist)
