@@ -10,6 +10,7 @@ import torch
 
 import runner
 from conftest import REPO, run_cli
+from runner.tracking.reduce import SMALL
 from runner.tracking.run import TrackedRun
 from runner.tracking.sink import MlflowSink
 from runner.tracking.stats import StatsCollector
@@ -109,6 +110,27 @@ def test_abort_after_patience(tmp_path):
         fit(net, data, cfg)
 
 
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_nonfinite_gradients_under_a_finite_loss_are_caught_and_skipped(clip):
+    from runner.data import load_data
+    from runner.train.loop import fit
+
+    net = runner.build(model="d2l_mlp")
+    data = load_data({"kind": "uniform_regression", "samples": 64, "batch_size": 8, "val_fraction": 0.0}, 0)
+    calls = {"n": 0}
+
+    def poison(grad):  # the gradient of the 2nd and 5th backward passes turns NaN / inf
+        calls["n"] += 1
+        return grad * {2: float("nan"), 5: float("inf")}.get(calls["n"], 1.0)
+
+    net.param("output.bias").register_hook(poison)
+    cfg = {"optimizer": "sgd", "lr": 0.1, "epochs": 1, "progress": "quiet", "grad_clip": clip,
+           "nonfinite": {"policy": "skip"}}
+    result = fit(net, data, cfg)
+    assert result.steps == 8 and result.skipped == 2
+    assert all(torch.isfinite(p).all() for p in net.parameters())
+
+
 def test_sigterm_ends_the_run_killed(store, tmp_path):
     cmd = [sys.executable, "-m", "runner", f"tracking.uri={store.uri}", f"hydra.run.dir={tmp_path / 'run'}",
            "train.progress=quiet", "tracking.system_metrics=false", "train.epochs=100000"]
@@ -173,6 +195,85 @@ def test_collector_values_match_direct_computation():
     assert m["update_ratio/hidden.weight"] == pytest.approx(ratio.item(), rel=1e-5)
     assert m["train/grad_norm"] == pytest.approx(gnorm.item()) and m["train/loss"] == 0.25 and m["train/lr"] == 0.5
     assert len(m) == c.keys_per_step()
+
+
+def test_collector_matches_torch_for_packed_and_large_tensors_constant_and_unused_ones():
+    # the 30x40 and 40x30 weights go through the one-by-one path, the rest through the packed
+    # buffer; the head's weight is constant
+    net = runner.build(model={"name": "mixed", "layers": [
+        {"type": "linear", "out": 40, "name": "wide", "activation": "tanh"},
+        {"type": "linear", "out": 30, "name": "big"},
+        {"type": "linear", "out": 1, "name": "head"}]},
+        init={"rules": [{"params": "head.weight", "init": "constant", "args": {"value": 0.5}}]},
+        data={"kind": "classification", "features": 30})
+    c = StatsCollector(net, {"every_n_steps": 1, "histograms": {"enabled": True, "sample": 16}})
+    sizes = {n: p.numel() for n, p in net.params().items()}
+    assert sizes["big.weight"] > SMALL and sizes["wide.weight"] > SMALL and sizes["head.weight"] <= SMALL
+    out = net(torch.randn(64, 30))
+    (out.pow(2).mean() + net.param("wide.bias").sum()).backward()
+    params = dict(net.params())
+    params["head.bias"].grad = None  # a parameter without a gradient this step
+    grads = {n: p.grad.clone() for n, p in params.items() if p.grad is not None}
+    before = {n: p.detach().clone() for n, p in params.items()}
+    c.before_step(None)
+    with torch.no_grad():
+        for p in params.values():
+            p.add_(0.01)
+    m = c.after_step(3, 1.0, [0.1]).metrics
+    for n, w in params.items():
+        w = w.detach()
+        assert m[f"weight_mean/{n}"] == pytest.approx(w.mean().item(), rel=1e-5, abs=1e-7)
+        std = w.std().item() if w.numel() > 1 else 0.0  # one element: 0, not torch's nan
+        assert m[f"weight_std/{n}"] == pytest.approx(std, rel=1e-4, abs=1e-6)
+        assert m[f"weight_min/{n}"] == w.min().item() and m[f"weight_max/{n}"] == w.max().item()
+        assert m[f"weight_norm/{n}"] == pytest.approx(w.norm().item(), rel=1e-5)
+        ratio = (w - before[n]).norm() / w.norm()
+        assert m[f"update_ratio/{n}"] == pytest.approx(ratio.item(), rel=1e-4)
+    assert m["weight_std/head.weight"] < 1e-6  # a constant tensor: rounding noise at most
+    for n, g in grads.items():
+        assert m[f"grad_mean/{n}"] == pytest.approx(g.mean().item(), rel=1e-4, abs=1e-8)
+        assert m[f"grad_std/{n}"] == pytest.approx(g.std().item(), rel=1e-4, abs=1e-6)
+        assert m[f"grad_maxabs/{n}"] == g.abs().max().item()
+        assert m[f"grad_norm/{n}"] == pytest.approx(g.norm().item(), rel=1e-5)
+    assert not any(k.endswith("/head.bias") and k.startswith("grad_") for k in m)
+    total = torch.stack([g.norm() for g in grads.values()]).norm().item()
+    assert m["train/grad_norm"] == pytest.approx(total, rel=1e-5)
+    logged = c.after_step  # samples: 16 per tensor (all of a smaller one), taken from the tensor itself
+    c.before_step(1.0)
+    samples = {k: v.tolist() for k, v in logged(4, 1.0, [0.1]).sample_series().items()}
+    w = params["big.weight"].detach().reshape(-1)
+    assert len(samples["weight/big.weight"]) == 16 and set(samples["weight/big.weight"]) <= set(w.tolist())
+    assert sorted(samples["weight/head.bias"]) == sorted(params["head.bias"].detach().reshape(-1).tolist())
+
+
+def test_heat_map_history_stays_bounded_and_spans_the_whole_run():
+    from runner.tracking.tracker import MAX_COLUMNS, Tracker
+
+    class Recorder:
+        def __init__(self):
+            self.maps = {}
+
+        def log(self, metrics, step):
+            pass
+
+        def heatmap(self, key, title, steps, series, bins, step):
+            self.maps[key] = (steps, series)
+
+    net = runner.build(model="d2l_mlp")
+    sink = Recorder()
+    tracker = Tracker(StatsCollector(net, {"every_n_steps": 1, "histograms": {"sample": 8}}), sink)
+    net(torch.rand(4, 4)).sum().backward()
+    steps = 5 * MAX_COLUMNS
+    for step in range(1, steps + 1):
+        tracker.before_step(None)
+        tracker.after_step(step, 0.0, [0.1])
+        assert len(tracker.history) < 2 * MAX_COLUMNS
+    tracker.finish(steps)
+    kept, series = sink.maps["hist_weight/hidden.weight"]
+    assert len(kept) >= MAX_COLUMNS and kept == sorted(kept)
+    assert kept[0] <= 8 and kept[-1] >= steps - 8  # from the start to the end of the run
+    b = net.param("hidden.bias").detach()  # 4 values, fewer than the 8 sampled: all of them, in order
+    assert torch.equal(torch.as_tensor(sink.maps["hist_weight/hidden.bias"][1][-1]), b.to(torch.bfloat16).float())
 
 
 def test_key_budget_is_enforced(store, tmp_path):

@@ -27,7 +27,9 @@ from typing import Any
 
 BATCH = 1000          # metrics per log_batch call (MLflow's limit)
 FLUSH_SECONDS = 2.0   # the longest a value waits in the writer before it is written
+FEED_SECONDS = 0.25   # how often the training process forwards what was queued to the writer
 STOP = "stop"
+FLUSH = "flush"
 
 
 @dataclass
@@ -62,13 +64,14 @@ class MlflowSink:
         self._proc = subprocess.Popen([sys.executable, "-m", "runner.tracking.sink", uri, run_id, spool_file or "",
                                        str(drain_seconds)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-        self._feeder = threading.Thread(target=self._feed, name="mlflow-feeder", daemon=True)
-        self._feeder.start()
         self._closed = False
         self._ready = False
         self._dead = False
         # a resumed run: values the store already holds (steps up to these) are not sent again
         self._skip_upto = skip_upto or {}
+        self._wake = threading.Event()  # set at close or on a full queue: forward at once
+        self._feeder = threading.Thread(target=self._feed, name="mlflow-feeder", daemon=True)
+        self._feeder.start()
 
     def wait_ready(self, timeout: float = 120) -> None:
         """Block until the writer has started (imports done, store open), so that its start-up
@@ -84,14 +87,42 @@ class MlflowSink:
         return self._proc.stdout.readline().decode() if ready else ""
 
     def _feed(self) -> None:
+        """Forward what the loop queued, a few times a second, as one pickled list: waking for
+        every item would hand the GIL back and forth with the training thread at each step."""
         while True:
-            item = self._q.get()
+            items = [self._q.get()]
+            if items[0] != STOP and items[0][0] != FLUSH:
+                self._wake.wait(FEED_SECONDS)
+                if not self._closed:
+                    self._wake.clear()
+            while items[-1] != STOP:
+                try:
+                    items.append(self._q.get_nowait())
+                except queue.Empty:
+                    break
+            flushes = [item[1] for item in items if item != STOP and item[0] == FLUSH]
             try:
-                pickle.dump(item, self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                pickle.dump([item for item in items if item == STOP or item[0] != FLUSH], self._proc.stdin,
+                            protocol=pickle.HIGHEST_PROTOCOL)
                 self._proc.stdin.flush()
             except (BrokenPipeError, OSError):
                 return  # the writer is gone; _put notices and stops waiting for it
-            if item == STOP:
+            for done in flushes:
+                done.set()
+            if items[-1] == STOP:
+                return
+
+    def flush(self, timeout: float = 60) -> None:
+        """Hand everything queued so far to the writer process, which outlives this one: what
+        was logged before a checkpoint then reaches the store even if training is killed."""
+        if self._closed or self._dead:
+            return
+        done = threading.Event()
+        self._put((FLUSH, done))
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.2):
+            if not self._feeder.is_alive() or time.monotonic() > deadline:
                 return
 
     def log(self, metrics: dict[str, float], step: int) -> None:
@@ -116,6 +147,7 @@ class MlflowSink:
             self._q.put_nowait(item)
         except queue.Full:
             t0 = time.perf_counter()
+            self._wake.set()  # the feeder forwards now rather than at its next tick
             while True:  # wait for room, unless the writer is gone: then training must go on
                 if not self._feeder.is_alive():
                     if not self._dead:
@@ -137,6 +169,7 @@ class MlflowSink:
         self._closed = True
         self.wait_ready(timeout)
         self._put(STOP)
+        self._wake.set()
         self._feeder.join(timeout)
         line = self._readline(timeout)
         try:
@@ -288,12 +321,13 @@ def _writer_main(uri: str, run_id: str, spool_file: str | None = None, drain_sec
         stdin = sys.stdin.buffer
         while True:
             try:
-                item = pickle.load(stdin)
+                items = pickle.load(stdin)
             except (EOFError, OSError, pickle.UnpicklingError):
                 inbox.put(STOP)
                 return
-            inbox.put(item)
-            if item == STOP:
+            for item in items:
+                inbox.put(item)
+            if items and items[-1] == STOP:
                 return
 
     threading.Thread(target=read, daemon=True).start()

@@ -20,37 +20,29 @@ from torch import nn
 
 from runner.model.build import Network
 from runner.model.layers import Dense
+from runner.tracking.reduce import Reducer
 
 WEIGHT_STATS = ("mean", "std", "min", "max", "norm")
 GRAD_STATS = ("mean", "std", "maxabs", "norm")
-
-
-def _stats(t: torch.Tensor, which: tuple[str, ...]) -> list[torch.Tensor]:
-    t = t.detach().float().reshape(-1)
-    out = []
-    for s in which:
-        if s == "mean":
-            out.append(t.mean())
-        elif s == "std":
-            out.append(t.std() if t.numel() > 1 else torch.zeros((), device=t.device))
-        elif s == "min":
-            out.append(t.min())
-        elif s == "max":
-            out.append(t.max())
-        elif s == "maxabs":
-            out.append(t.abs().max())
-        else:
-            out.append(torch.linalg.vector_norm(t))
-    return out
+EXTREMES = {"min", "max", "maxabs"}
 
 
 @dataclass
 class LoggedStep:
-    """What one logging step produced, as plain Python values."""
+    """What one logging step produced: metric values, and the histogram samples of every tensor
+    as one host tensor laid out by ``layout`` (key, size), keys "weight/<p>" and "grad/<p>"."""
 
     step: int
     metrics: dict[str, float]
-    samples: dict[str, list[float]] = field(default_factory=dict)  # "weight/<p>", "grad/<p>" -> values
+    samples: torch.Tensor | None = None
+    layout: list[tuple[str, int]] = field(default_factory=list)
+
+    def sample_series(self) -> dict[str, torch.Tensor]:
+        out, offset = {}, 0
+        for key, size in self.layout:
+            out[key] = self.samples[offset:offset + size]
+            offset += size
+        return out
 
 
 class StatsCollector:
@@ -64,21 +56,25 @@ class StatsCollector:
         self.grad_stats = tuple(stats.get("grads", GRAD_STATS))
         self.update_ratio = bool(stats.get("update_ratio", True))
         self.params = list(net.params().items())
+        self.names = [n for n, _ in self.params]
+        self.tensors = [p for _, p in self.params]
         hist = cfg.get("histograms") or {}
         self.sample_size = int(hist.get("sample", 1024)) if hist.get("enabled", True) else 0
         g = torch.Generator().manual_seed(seed)
-        self.sample_idx = {
-            n: (torch.randperm(p.numel(), generator=g)[: self.sample_size].sort().values if p.numel() > self.sample_size
-                else torch.arange(p.numel()))
-            for n, p in self.params
-        } if self.sample_size else {}
+        self.sample_idx = [
+            torch.randperm(p.numel(), generator=g)[: self.sample_size].sort().values if p.numel() > self.sample_size
+            else torch.arange(p.numel())
+            for p in self.tensors
+        ] if self.sample_size else None
+        self._reducers: dict[tuple[int, ...], Reducer] = {}  # by the positions reduced together
         self._pending: list[torch.Tensor] = []      # one scalar per key
         self._keys: list[str] = []
         self._samples: list[tuple[str, int]] = []   # histogram samples: (key, size), after the scalars
         self._sample_tensors: list[torch.Tensor] = []
         self._host: dict[str, float] = {}           # values already on the host (loss, grad norm)
-        self._before: list[torch.Tensor] | None = None
+        self._before: tuple | None = None
         self._hooks: list = []
+        self._relu_hooks = 0
         self._act_on = False
         if cfg.get("activations"):
             self._install_activation_hooks()
@@ -89,7 +85,17 @@ class StatsCollector:
         return step % self.every == 0 or step == 1
 
     def to(self, device: torch.device) -> None:
-        self.sample_idx = {n: i.to(device) for n, i in self.sample_idx.items()}
+        self._reducers = {}  # rebuilt on the parameters' device at the next logging step
+
+    def _reducer(self, present: tuple[int, ...]) -> Reducer:
+        r = self._reducers.get(present)
+        if r is None:
+            r = Reducer([self.tensors[i].numel() for i in present], self.tensors[present[0]].device,
+                        [self.sample_idx[i] for i in present] if self.sample_idx else None)
+            r.names = [self.names[present[j]] for j in r.order]
+            r.keys = {}
+            self._reducers[present] = r
+        return r
 
     # activations -----------------------------------------------------------------------------
     def _install_activation_hooks(self) -> None:
@@ -99,6 +105,7 @@ class StatsCollector:
             module = self.net.module(name)
             relu = isinstance(module, nn.ReLU) or (isinstance(module, Dense) and module.activation == "relu")
             self._hooks.append(module.register_forward_hook(self._make_hook(name, relu)))
+            self._relu_hooks += relu
 
     def _make_hook(self, name: str, relu: bool):
         def hook(module, inputs, output):
@@ -119,58 +126,82 @@ class StatsCollector:
         self._keys.append(key)
         self._pending.append(value.reshape(1))
 
-    def before_step(self, grad_norm: float) -> None:
-        """Gradient statistics; call after backward (and clipping), before ``optimizer.step()``."""
-        self._host["train/grad_norm"] = grad_norm
-        for name, p in self.params:
-            if p.grad is None:
-                continue
-            for s, v in zip(self.grad_stats, _stats(p.grad, self.grad_stats)):
-                self._add(f"grad_{s}/{name}", v)
-            if self.sample_size:
-                self._sample(f"grad/{name}", p.grad)
-        if self.update_ratio:
-            self._before = [p.detach().clone() for _, p in self.params]
+    def _add_block(self, prefix: str, which: tuple[str, ...], values: list[torch.Tensor], r: Reducer) -> None:
+        """One stacked vector of statistics ``which`` x the reducer's tensors, under keys
+        ``<prefix><stat>/<name>`` (built once per reducer)."""
+        keys = r.keys.get((prefix, which))
+        if keys is None:
+            keys = r.keys[(prefix, which)] = [f"{prefix}{s}/{n}" for s in which for n in r.names]
+        self._keys.extend(keys)
+        self._pending.append(torch.stack(values).reshape(-1) if len(values) > 1 else values[0])
 
+    def _add_samples(self, kind: str, r: Reducer, tensors: list[torch.Tensor], packed: torch.Tensor,
+                     present: tuple[int, ...]) -> None:
+        if self.sample_size:
+            self._sample_tensors.extend(r.samples(tensors, packed))
+            keys = r.keys.get(kind)
+            if keys is None:
+                keys = r.keys[kind] = [(f"{kind}/{self.names[present[i]]}", size) for i, size in r.sample_sizes]
+            self._samples.extend(keys)
+
+    @torch.no_grad()
+    def before_step(self, grad_norm: float | None = None) -> None:
+        """Gradient statistics; call after backward (and clipping), before ``optimizer.step()``.
+        ``grad_norm``: the global gradient norm when the caller has it (clipping computes it
+        before clipping); otherwise it is computed here, from the per-tensor norms."""
+        if grad_norm is not None:
+            self._host["train/grad_norm"] = grad_norm
+        present = tuple(i for i, p in enumerate(self.tensors) if p.grad is not None)
+        if present:
+            r = self._reducer(present)
+            grads = [self.tensors[i].grad for i in present]
+            packed = r.pack(grads)
+            if self.grad_stats or grad_norm is None:
+                m = r.moments(grads, packed, extremes=bool(EXTREMES & set(self.grad_stats)))
+                if self.grad_stats:
+                    self._add_block("grad_", self.grad_stats, [m.stat(s) for s in self.grad_stats], r)
+                if grad_norm is None:
+                    self._add("train/grad_norm", m.norm().square().sum().sqrt())
+            self._add_samples("grad", r, grads, packed, present)
+        elif grad_norm is None:
+            self._host["train/grad_norm"] = 0.0
+        if self.update_ratio:
+            self._before = self._reducer(self._all).snapshot(self.tensors)
+
+    @property
+    def _all(self) -> tuple[int, ...]:
+        return tuple(range(len(self.tensors)))
+
+    @torch.no_grad()
     def after_step(self, step: int, loss: float, lrs: list[float]) -> LoggedStep:
         """Weight statistics and update ratios; then everything goes to the host in one copy."""
         self._host["train/loss"] = loss
-        for i, (name, p) in enumerate(self.params):
-            for s, v in zip(self.weight_stats, _stats(p, self.weight_stats)):
-                self._add(f"weight_{s}/{name}", v)
+        r = self._reducer(self._all)
+        packed = r.pack(self.tensors)
+        if self.weight_stats or self._before is not None:
+            m = r.moments(self.tensors, packed, extremes=bool(EXTREMES & set(self.weight_stats)))
+            if self.weight_stats:
+                self._add_block("weight_", self.weight_stats, [m.stat(s) for s in self.weight_stats], r)
             if self._before is not None:
-                w = p.detach().float()
-                delta = torch.linalg.vector_norm(w - self._before[i].float())
-                self._add(f"update_ratio/{name}", delta / torch.linalg.vector_norm(w).clamp_min(1e-12))
-            if self.sample_size:
-                self._sample(f"weight/{name}", p)
+                ratio = r.distance(self.tensors, packed, self._before) / m.norm().clamp_min(1e-12)
+                self._add_block("update_ratio", ("",), [ratio], r)
+        self._add_samples("weight", r, self.tensors, packed, self._all)
         self._before = None
         # the one host transfer: every scalar, then every histogram sample
-        values = torch.cat(self._pending + self._sample_tensors).cpu().tolist()
+        host = torch.cat(self._pending + self._sample_tensors).cpu()
         n = len(self._keys)
-        metrics = {**self._host, **dict(zip(self._keys, values[:n]))}
-        self._host = {}
+        metrics = {**self._host, **dict(zip(self._keys, host[:n].tolist()))}
         for i, lr in enumerate(lrs):
             metrics["train/lr" if i == 0 else f"train/lr_group{i}"] = lr
-        samples: dict[str, list[float]] = {}
-        offset = n
-        for key, size in self._samples:
-            samples[key] = values[offset:offset + size]
-            offset += size
-        self._pending, self._keys, self._samples, self._sample_tensors = [], [], [], []
-        return LoggedStep(step, metrics, samples)
-
-    def _sample(self, key: str, t: torch.Tensor) -> None:
-        values = t.detach().float().reshape(-1)[self.sample_idx[key.split("/", 1)[1]]]
-        self._samples.append((key, values.numel()))
-        self._sample_tensors.append(values)
+        logged = LoggedStep(step, metrics, host[n:] if self._samples else None, self._samples)
+        self._pending, self._keys, self._samples, self._sample_tensors, self._host = [], [], [], [], {}
+        return logged
 
     def keys_per_step(self) -> int:
         """How many metric keys one logging step writes (for the key budget)."""
         n = len(self.params)
         keys = n * (len(self.weight_stats) + len(self.grad_stats) + int(self.update_ratio)) + 3
-        if self._hooks:
-            keys += 3 * len(self._hooks)
+        keys += 2 * len(self._hooks) + self._relu_hooks  # act_mean, act_std; act_dead for ReLU outputs
         return keys
 
     def close(self) -> None:

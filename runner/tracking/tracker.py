@@ -1,12 +1,19 @@
 """The tracker the training loop talks to: statistics on logging steps, metrics at epoch ends,
-histogram heat maps; everything handed to a sink that delivers it off the training thread."""
+histogram heat maps; everything handed to a sink that delivers it off the training thread.
+
+For the heat maps it keeps each logging step's histogram samples (bfloat16, as one tensor per
+step) for at most ``2 * MAX_COLUMNS`` steps: past that it drops every other column and keeps
+every second step from then on, so a long run costs bounded memory and the map still spans it.
+"""
 from __future__ import annotations
 
 from typing import Any
 
 import torch
 
-from runner.tracking.stats import StatsCollector
+from runner.tracking.stats import LoggedStep, StatsCollector
+
+MAX_COLUMNS = 128
 
 
 class Tracker:
@@ -17,7 +24,9 @@ class Tracker:
         self.hist_on = bool(hist_cfg.get("enabled", True)) and collector.sample_size > 0
         self.bins = int(hist_cfg.get("bins", 40))
         self.every_n_epochs = int(hist_cfg.get("every_n_epochs", 0) or 0)
-        self.history: dict[str, tuple[list[int], list[list[float]]]] = {}
+        self.history: list[LoggedStep] = []   # metrics dropped, samples in bfloat16
+        self._stride = 1                       # keep samples of every n-th logging step
+        self._logged = 0
 
     # called by the loop ---------------------------------------------------------------------
     def start(self, device: torch.device) -> None:
@@ -29,16 +38,23 @@ class Tracker:
     def activations(self, on: bool) -> None:
         self.collector.activations(on)
 
-    def before_step(self, grad_norm: float) -> None:
+    def before_step(self, grad_norm: float | None) -> None:
         self.collector.before_step(grad_norm)
 
     def after_step(self, step: int, loss: float, lrs: list[float]) -> None:
         logged = self.collector.after_step(step, loss, lrs)
         self.sink.log(logged.metrics, step)
-        for key, values in logged.samples.items():
-            steps, series = self.history.setdefault(key, ([], []))
-            steps.append(step)
-            series.append(values)
+        if self.hist_on and logged.samples is not None:
+            self._logged += 1
+            if self._logged % self._stride == 0:
+                self.history.append(LoggedStep(step, {}, logged.samples.to(torch.bfloat16), logged.layout))
+                if len(self.history) >= 2 * MAX_COLUMNS:
+                    self.history = self.history[1::2]
+                    self._stride *= 2
+
+    def flush(self) -> None:
+        """Before a checkpoint: everything logged so far goes to the writer process."""
+        self.sink.flush()
 
     def skipped(self, step: int, count: int) -> None:
         self.sink.log({"train/nonfinite_steps": float(count)}, step)
@@ -56,6 +72,12 @@ class Tracker:
 
     def render(self, step: int) -> None:
         """Send each tensor's sample history to the writer, which draws and logs the heat map."""
-        for key, (steps, series) in self.history.items():
+        by_key: dict[str, tuple[list[int], list]] = {}
+        for logged in self.history:
+            for key, values in logged.sample_series().items():
+                steps, series = by_key.setdefault(key, ([], []))
+                steps.append(logged.step)
+                series.append(values.float().numpy())
+        for key, (steps, series) in by_key.items():
             kind, name = key.split("/", 1)
-            self.sink.heatmap(f"hist_{kind}/{name}", key, list(steps), list(series), self.bins, step)
+            self.sink.heatmap(f"hist_{kind}/{name}", key, steps, series, self.bins, step)

@@ -48,15 +48,26 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, task: st
     return metrics
 
 
-def _loss_and_grad_norm(loss: torch.Tensor, params: list, clip: float | None) -> tuple[float, float]:
-    """The loss and the global gradient norm (clipping first if asked), in one host transfer."""
-    if clip:
-        total = torch.nn.utils.clip_grad_norm_(params, clip)
-        loss_value, norm = torch.stack([loss.detach().float(), total.float()]).tolist()
-        return loss_value, norm
-    grads = [p.grad for p in params if p.grad is not None]
-    values = torch.stack([loss.detach().float(), *torch._foreach_norm(grads)]).tolist()
-    return values[0], math.sqrt(sum(v * v for v in values[1:]))
+class FiniteCheck:
+    """Whether every gradient is finite: one fused pass (the check torch's GradScaler uses, with
+    a scale of 1, so the gradients are untouched) and one host read of a flag."""
+
+    def __init__(self, device: torch.device):
+        self.found = torch.zeros(1, device=device)
+        self.one = torch.ones(1, device=device)
+
+    def __call__(self, params: list) -> bool:
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads:
+            return True
+        try:
+            torch._amp_foreach_non_finite_check_and_unscale_(grads, self.found, self.one)
+        except (RuntimeError, NotImplementedError):  # a device or dtype it does not cover
+            return bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
+        if self.found.item():
+            self.found.zero_()
+            return False
+        return True
 
 
 def seed_everything(seed: int) -> None:
@@ -110,6 +121,7 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None, checkpointer: Any 
     nf = cfg.get("nonfinite") or {}
     policy = NonFinitePolicy(nf.get("policy", "abort_after"), int(nf.get("patience", 3)))
     clip = cfg.get("grad_clip")
+    finite = FiniteCheck(device)
     pos = Position()
     seed_everything(seed)
     if resume is not None:
@@ -167,15 +179,19 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None, checkpointer: Any 
                     dist.sum_([p.grad for p in params] + [loss.reshape(1)])
                 else:
                     loss.backward()
-                loss_value, grad_norm = _loss_and_grad_norm(loss, params, clip)  # one host sync
-                if not (math.isfinite(loss_value) and math.isfinite(grad_norm)):
-                    what = "loss" if not math.isfinite(loss_value) else "gradients"
+                loss_value = loss.item()
+                finite_loss = math.isfinite(loss_value)
+                if not (finite_loss and finite(params)):
+                    what = "loss" if not finite_loss else "gradients"
                     policy.bad(f"step {step} (epoch {epoch}, batch {b})", what)
                     opt.zero_grad(set_to_none=True)
                     if tracker is not None:
                         tracker.skipped(step, policy.skipped)
                     continue
                 policy.ok()
+                # the global gradient norm before clipping; on logging steps without clipping the
+                # tracker computes it with its statistics (None)
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip).item() if clip else None
                 if log_now:
                     tracker.before_step(grad_norm)
                 opt.step()
@@ -187,6 +203,8 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None, checkpointer: Any 
                     tracker.after_step(step, loss_value, [g["lr"] for g in opt.param_groups])
                 progress.advance(step, loss_value)
                 if checkpointer is not None and checkpointer.due(step) and pos.batch < data.batches_per_epoch:
+                    if tracker is not None:
+                        tracker.flush()
                     checkpointer.save(step, state(), {})
             val = evaluate(net, data.x_val, data.y_val, loss_fn, data.task, device)
             final = {"train/epoch_loss": pos.loss_sum / max(pos.seen, 1), **val}
@@ -196,5 +214,7 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None, checkpointer: Any 
             progress.epoch_end(epoch, pos.step, final)
             pos.epoch, pos.batch, pos.loss_sum, pos.seen = epoch + 1, 0, 0.0, 0
             if checkpointer is not None:
+                if tracker is not None:
+                    tracker.flush()  # metrics up to a checkpoint survive a kill right after it
                 checkpointer.save(pos.step, {**state(), "final": final}, final)
     return TrainResult(pos.step, pos.epoch, final, policy.skipped, time.perf_counter() - started)
