@@ -19,7 +19,17 @@ from common import fresh_store, interleaved, timed  # noqa: E402
 
 CASES = {
     "chapter MLP (4-4-1, batch 32)": dict(
-        model="d2l_mlp", data="d2l_uniform", overrides=["data.samples=8192", "data.val_fraction=0.0"], epochs=2),
+        model="d2l_mlp", data="d2l_uniform", overrides=["data.samples=16384", "data.val_fraction=0.0"], epochs=2),
+    "deep narrow MLP (12x dense 64 + layernorm, 50 tensors)": dict(
+        model={"name": "deep", "layers": [
+            {"type": "repeat", "name": "body", "times": 12, "name_format": "layer-{i}",
+             "block": {"type": "sequential", "layers": [{"type": "linear", "name": "dense", "out": 64, "activation": "relu"},
+                                                        {"type": "layernorm", "name": "norm"}]}},
+            {"type": "linear", "name": "head", "out": 10}]},
+        data="classification",
+        overrides=["data.features=64", "data.classes=10", "data.samples=16384", "data.batch_size=64",
+                   "data.val_fraction=0.0"],
+        epochs=1),
     "mid-size MLP (784-1024-1024-10, batch 256)": dict(
         model={"name": "mid", "layers": [{"type": "flatten"},
                                          {"type": "linear", "out": 1024, "activation": "relu"},
@@ -46,8 +56,10 @@ def plain_loop(net, data, epochs: int, lr: float) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument("--cases", default="", help="run only cases whose name contains this")
     args = ap.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    torch.set_num_threads(args.threads or torch.get_num_threads())
     import runner
     from runner.tracking.sink import MlflowSink
     from runner.tracking.stats import StatsCollector
@@ -56,8 +68,10 @@ def main() -> None:
 
     uri, client = fresh_store()
     exp = client.create_experiment("bench")
-    print(f"{'case':46} {'variant':30} {'median s':>9} {'ratio':>7}")
+    print(f"{'case':56} {'variant':30} {'median s':>9} {'ratio':>7}")
     for case, spec in CASES.items():
+        if args.cases not in case:
+            continue
         prepared = runner.prepare(runner.compose(spec["overrides"], model=spec["model"], data=spec["data"]))
         data = prepared.data
         init_state = {k: v.clone() for k, v in prepared.net.state_dict().items()}
@@ -91,8 +105,8 @@ def main() -> None:
         result = interleaved(variants, args.rounds)
         base = result["plain torch loop"]
         for name, secs in result.items():
-            print(f"{case:46} {name:30} {secs:9.3f} {secs / base:6.2f}x")
-        print(f"{'':46} ({steps} steps a run, {args.rounds} rounds, median)")
+            print(f"{case:56} {name:30} {secs:9.3f} {secs / base:6.2f}x")
+        print(f"{'':56} ({steps} steps a run, {args.rounds} rounds, median)")
 
 
 if __name__ == "__main__":
