@@ -318,3 +318,49 @@ def test_a_dead_writer_never_stalls_training_and_is_reported(store):
     assert time.time() - t0 < 30
     assert report.lost == 200 and report.delivered == 0
     assert any("writer" in e for e in report.errors)
+
+
+def test_values_left_in_the_spool_are_delivered_once_by_the_replay_command(store, tmp_path, monkeypatch):
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from runner.tracking.sink import _Writer
+
+    run_id = store.client.create_run(store.client.create_experiment("spooled")).info.run_id
+    # the writer meets a store that refuses connections for the whole run: everything is spooled
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    spool = tmp_path / "run" / "mlflow_spool.jsonl"
+    spool.parent.mkdir()
+    writer = _Writer(MlflowClient("http://127.0.0.1:9"), run_id, str(spool), drain_seconds=0)
+    items = [("metrics", step, 1000 + step, {"train/loss": 1.0 / step, "weight_norm/w": float(step)})
+             for step in range(1, 1201)]
+    writer.handle(items[:700])
+    writer.handle(items[700:])
+    writer.drain()
+    assert writer.delivered == 0 and "2400 metric values could not be delivered" in writer.errors[0]
+    assert f"python -m runner.tracking.spool {spool}" in writer.errors[0]
+    # some values reached the store another way before the replay (a partly delivered spool)
+    store.client.log_batch(run_id, metrics=[Metric("train/loss", 1.0 / s, 1000 + s, s) for s in range(1, 101)])
+
+    def replay(*args):
+        return subprocess.run([sys.executable, "-m", "runner.tracking.spool", *args], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+
+    r = replay(str(spool), "--tracking-uri", store.uri)
+    assert r.returncode == 0, r.stderr
+    assert "2300 values delivered" in r.stdout and "100 were already there" in r.stdout
+    for key, value in (("train/loss", lambda s: 1.0 / s), ("weight_norm/w", float)):
+        history = store.client.get_metric_history(run_id, key)
+        assert sorted(m.step for m in history) == list(range(1, 1201))  # each step once
+        assert all(m.value == pytest.approx(value(m.step)) for m in history)
+    again = replay(str(spool), "--tracking-uri", store.uri)
+    assert again.returncode == 0 and "0 values delivered" in again.stdout and "2400 were already there" in again.stdout
+    lines = spool.read_text().splitlines()
+    spool.write_text("\n".join(lines + ["not json", '{"run_id": "x", "metr'] + [""]))  # last line: cut short
+    bad = replay(str(spool), "--tracking-uri", store.uri)
+    assert bad.returncode == 2 and f"mlflow_spool.jsonl:{len(lines) + 1}: not a spool record" in bad.stderr
+    spool.write_text("\n".join(lines + ['{"run_id": "x", "metr']))  # only a cut-short last line: skipped
+    cut = replay(str(spool), "--tracking-uri", store.uri)
+    assert cut.returncode == 0 and "0 values delivered" in cut.stdout, cut.stderr
+    assert "Traceback" not in bad.stderr

@@ -267,7 +267,8 @@ class _Writer:
         if self.spool:
             left = sum(len(c) for c in self.spool)
             self.errors.append(f"{left} metric values could not be delivered ({self.last_error}); "
-                               f"they are kept in {self.spool_file}")
+                               f"they are kept in {self.spool_file}: once the store is back, deliver "
+                               f"them with: python -m runner.tracking.spool {self.spool_file}")
         elif self.outages and self.spool_file:
             with open(self.spool_file, "a") as f:
                 f.write(json.dumps({"run_id": self.run_id, "delivered": True}) + "\n")
