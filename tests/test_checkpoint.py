@@ -204,6 +204,23 @@ def test_resume_by_run_id_and_by_path(store, tmp_path):
     assert r.returncode == 2 and "no committed checkpoint at" in r.stderr
 
 
+@pytest.mark.slow
+def test_heat_map_history_travels_in_checkpoints_across_a_resume(store, tmp_path):
+    args = [a for a in TRAIN if not a.startswith("tracking.histograms")]
+    r = run_cli(f"tracking.uri={store.uri}", f"hydra.run.dir={tmp_path / 'a'}", *args, "train.epochs=1")
+    assert r.returncode == 0, r.stderr
+    run_id = store.only_run().info.run_id
+    r = run_cli(f"tracking.uri={store.uri}", f"hydra.run.dir={tmp_path / 'b'}", *args, "train.epochs=2",
+                f"train.resume={run_id}")
+    assert r.returncode == 0, r.stderr
+    state = load_state(find_entry(tmp_path / "a").path / "state.pt")  # the resumed run's last checkpoint
+    assert state["tracker"]["steps"] == [1, 10, 20]  # logging steps before and after the resume
+    samples = state["tracker"]["samples"][0]
+    assert samples.dtype == torch.bfloat16 and samples.numel() == sum(n for _, n in state["tracker"]["layouts"][0])
+    images = [a.path for a in store.client.list_artifacts(run_id, "images")]
+    assert any("hist_weight~head.weight+step+26" in p for p in images), images
+
+
 def test_resuming_into_a_different_model_is_refused(tmp_path):
     net = fresh("d2l_mlp")
     store = CheckpointStore(tmp_path)

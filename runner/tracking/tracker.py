@@ -4,6 +4,7 @@ histogram heat maps; everything handed to a sink that delivers it off the traini
 For the heat maps it keeps each logging step's histogram samples (bfloat16, as one tensor per
 step) for at most ``2 * MAX_COLUMNS`` steps: past that it drops every other column and keeps
 every second step from then on, so a long run costs bounded memory and the map still spans it.
+The history travels in checkpoints, so a resumed run's maps cover the whole run.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 
 from runner.tracking.stats import LoggedStep, StatsCollector
 
-MAX_COLUMNS = 128
+MAX_COLUMNS = 64
 
 
 class Tracker:
@@ -51,6 +52,20 @@ class Tracker:
                 if len(self.history) >= 2 * MAX_COLUMNS:
                     self.history = self.history[1::2]
                     self._stride *= 2
+
+    def state(self) -> dict:
+        """The heat-map history, for a checkpoint's training state (tensors and plain values), so
+        that a resumed run's heat maps still start at step 1."""
+        return {"steps": [h.step for h in self.history], "samples": [h.samples for h in self.history],
+                "layouts": [[[k, n] for k, n in h.layout] for h in self.history],
+                "stride": self._stride, "logged": self._logged}
+
+    def load_state(self, state: dict | None) -> None:
+        if not state:
+            return
+        self.history = [LoggedStep(step, {}, samples, [(k, int(n)) for k, n in layout])
+                        for step, samples, layout in zip(state["steps"], state["samples"], state["layouts"])]
+        self._stride, self._logged = int(state["stride"]), int(state["logged"])
 
     def flush(self) -> None:
         """Before a checkpoint: everything logged so far goes to the writer process."""

@@ -139,10 +139,13 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None, checkpointer: Any 
 
         pos.skipped, pos.in_a_row = policy.skipped, policy.in_a_row
         return {"optimizer": opt.state_dict(), "scheduler": sched.state_dict() if sched is not None else None,
-                "position": dict(pos.__dict__), "rng": rng_state()}
+                "position": dict(pos.__dict__), "rng": rng_state(),
+                "tracker": tracker.state() if tracker is not None else None}
 
     if tracker is not None:
         tracker.start(device)
+        if resume is not None:
+            tracker.load_state(resume.get("tracker"))
     progress = Progress(cfg.get("progress", "auto"), total)
     final: dict[str, float] = dict(resume.get("final") or {}) if resume else {}
     started = time.perf_counter()
