@@ -52,9 +52,7 @@ def validate(cfg: Any) -> dict:
     task = plain.get("task", "train")
     if task not in TASKS:
         p.add("task", f"unknown task {task!r}{did_you_mean(str(task), TASKS)}; choose one of {', '.join(TASKS)}")
-    seed = plain.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        p.add("seed", f"must be a non-negative integer, got {seed!r}")
+    p.number(plain, "seed", "", zero_ok=True)
     for section, check in _checkers().items():
         if section in plain:
             p.extend(check(plain[section], section))

@@ -45,9 +45,8 @@ def check_data(cfg: Any, path: str = "data") -> list[Problem]:
     allowed = COMMON | KINDS[kind]
     p.unknown_keys(cfg, allowed, path, f" for kind {kind!r}")
     for key in ("features", "samples", "classes", "teacher_hidden", "batch_size"):
-        v = cfg.get(key)
-        if key in allowed and v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
-            p.add(f"{path}.{key}", f"must be a positive integer, got {v!r}")
+        if key in allowed:
+            p.number(cfg, key, path, nullable=True)
     vf = cfg.get("val_fraction", 0.2)
     if not isinstance(vf, (int, float)) or isinstance(vf, bool) or not 0 <= vf < 1:
         p.add(f"{path}.val_fraction", f"must be in [0, 1), got {vf!r}")

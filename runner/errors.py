@@ -65,6 +65,19 @@ class Problems:
                 self.add(f"{path}.{key}" if path else str(key),
                          f"unknown key{what}{did_you_mean(str(key), allowed)}; allowed: {one_of(allowed)}")
 
+    def number(self, cfg: dict, key: str, path: str, *, integer: bool = True, zero_ok: bool = False,
+               nullable: bool = False) -> None:
+        """A problem unless ``cfg[key]`` (when present) is a positive number: non-negative with
+        ``zero_ok``, an integer with ``integer``, or null with ``nullable``."""
+        if key not in cfg or (nullable and cfg[key] is None):
+            return
+        v = cfg[key]
+        kinds = int if integer else (int, float)
+        if isinstance(v, bool) or not isinstance(v, kinds) or v < 0 or (v == 0 and not zero_ok):
+            self.add(f"{path}.{key}" if path else key,
+                     f"must be a {'non-negative' if zero_ok else 'positive'} {'integer' if integer else 'number'}"
+                     f"{' or null' if nullable else ''}, got {v!r}")
+
     def extend(self, other: Iterable[Problem]) -> None:
         self.items.extend(other)
 
@@ -80,6 +93,12 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """' (did you mean 'x'?)' when a close match exists, else ''."""
     close = difflib.get_close_matches(str(word), list(choices), n=1, cutoff=0.6)
     return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message, or its type name when it has none."""
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 def one_of(choices: Iterable[str]) -> str:

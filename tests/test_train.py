@@ -282,8 +282,12 @@ def test_key_budget_is_enforced(store, tmp_path):
 
 
 def test_train_config_errors_are_reported_together(store, tmp_path):
-    r = train(store, tmp_path, "train.optimizer=adamm", "train.lr=-1", "tracking.stats.grads=[norm,nrom]")
-    assert r.returncode == 2
+    r = train(store, tmp_path, "train.optimizer=adamm", "train.lr=-1", "tracking.stats.grads=[norm,nrom]",
+              "tracking.every_n_steps=null", "checkpoint.keep_last=null", "checkpoint.keep_best=-1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "tracking.every_n_steps: must be a positive integer, got None" in r.stderr
+    assert "checkpoint.keep_last: must be a positive integer, got None" in r.stderr
+    assert "checkpoint.keep_best: must be a non-negative integer, got -1" in r.stderr
     assert "train.optimizer: unknown value 'adamm' (did you mean 'adam'?)" in r.stderr
     assert "train.lr: must be a positive number, got -1" in r.stderr
     assert "tracking.stats.grads: unknown statistic 'nrom' (did you mean 'norm'?)" in r.stderr

@@ -31,10 +31,9 @@ def check_checkpoint(cfg: Any, path: str = "checkpoint") -> list[Problem]:
     p = Problems()
     if not p.mapping(cfg, path, KEYS):
         return p.items
-    for key, low in (("every_n_steps", 1), ("keep_last", 1), ("keep_best", 0)):
-        v = cfg.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < low):
-            p.add(f"{path}.{key}", f"must be an integer >= {low}{' or null' if key == 'every_n_steps' else ''}, got {v!r}")
+    p.number(cfg, "every_n_steps", path, nullable=True)
+    p.number(cfg, "keep_last", path)
+    p.number(cfg, "keep_best", path, zero_ok=True)
     if cfg.get("best_mode", "min") not in ("min", "max"):
         p.add(f"{path}.best_mode", f"must be min or max, got {cfg.get('best_mode')!r}")
     return p.items

@@ -19,23 +19,14 @@ def default_uri(base: Path | None = None) -> str:
     return f"sqlite:///{path}"
 
 
-def _pos_int(p: Problems, cfg: dict, key: str, path: str, zero_ok: bool = False) -> None:
-    v = cfg.get(key)
-    if v is None:
-        return
-    if isinstance(v, bool) or not isinstance(v, int) or v < (0 if zero_ok else 1):
-        p.add(f"{path}.{key}", f"must be a {'non-negative' if zero_ok else 'positive'} integer, got {v!r}")
-
-
 def check_tracking(cfg: Any, path: str = "tracking") -> list[Problem]:
     p = Problems()
     if not p.mapping(cfg, path, KEYS):
         return p.items
     for key in ("every_n_steps", "max_keys", "queue_size", "http_timeout_s", "drain_timeout_s"):
-        _pos_int(p, cfg, key, path)
-    for key in ("experiment",):
-        if not isinstance(cfg.get(key, "runner"), str) or not cfg.get(key, "runner"):
-            p.add(f"{path}.{key}", "must be a non-empty string")
+        p.number(cfg, key, path)
+    if not isinstance(cfg.get("experiment", "runner"), str) or not cfg.get("experiment", "runner"):
+        p.add(f"{path}.experiment", "must be a non-empty string")
     stats = cfg.get("stats") or {}
     if not isinstance(stats, dict):
         p.add(f"{path}.stats", "must be a mapping with weights, grads, update_ratio")
@@ -52,6 +43,6 @@ def check_tracking(cfg: Any, path: str = "tracking") -> list[Problem]:
     else:
         p.unknown_keys(hist, HIST_KEYS, f"{path}.histograms")
         for key in ("sample", "bins"):
-            _pos_int(p, hist, key, f"{path}.histograms")
-        _pos_int(p, hist, "every_n_epochs", f"{path}.histograms", zero_ok=True)
+            p.number(hist, key, f"{path}.histograms")
+        p.number(hist, "every_n_epochs", f"{path}.histograms", zero_ok=True, nullable=True)
     return p.items

@@ -24,16 +24,6 @@ def _choice(p: Problems, cfg: dict, key: str, choices, path: str, nullable: bool
               + (" or null" if nullable else ""))
 
 
-def _positive(p: Problems, cfg: dict, key: str, path: str, integer: bool = False, nullable: bool = False) -> None:
-    v = cfg.get(key)
-    if v is None and nullable:
-        return
-    ok_type = int if integer else (int, float)
-    if isinstance(v, bool) or not isinstance(v, ok_type) or v <= 0:
-        kind = "integer" if integer else "number"
-        p.add(f"{path}.{key}", f"must be a positive {kind}{' or null' if nullable else ''}, got {v!r}")
-
-
 def check_train(cfg: Any, path: str = "train") -> list[Problem]:
     p = Problems()
     if not p.mapping(cfg, path, TRAIN_KEYS):
@@ -43,10 +33,10 @@ def check_train(cfg: Any, path: str = "train") -> list[Problem]:
     _choice(p, cfg, "loss", LOSSES, path)
     _choice(p, cfg, "device", DEVICES, path)
     _choice(p, cfg, "progress", PROGRESS, path)
-    _positive(p, cfg, "lr", path)
-    _positive(p, cfg, "epochs", path, integer=True)
-    _positive(p, cfg, "max_steps", path, integer=True, nullable=True)
-    _positive(p, cfg, "grad_clip", path, nullable=True)
+    p.number(cfg, "lr", path, integer=False)
+    p.number(cfg, "epochs", path)
+    p.number(cfg, "max_steps", path, nullable=True)
+    p.number(cfg, "grad_clip", path, integer=False, nullable=True)
     for key in ("optimizer_args", "schedule_args"):
         if not isinstance(cfg.get(key) or {}, dict):
             p.add(f"{path}.{key}", "must be a mapping of argument names to values")
@@ -59,5 +49,5 @@ def check_train(cfg: Any, path: str = "train") -> list[Problem]:
     else:
         p.unknown_keys(nf, ("policy", "patience"), f"{path}.nonfinite")
         _choice(p, {"policy": nf.get("policy", "abort_after")}, "policy", POLICIES, f"{path}.nonfinite")
-        _positive(p, {"patience": nf.get("patience", 3)}, "patience", f"{path}.nonfinite", integer=True)
+        p.number(nf, "patience", f"{path}.nonfinite")
     return p.items
