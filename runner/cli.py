@@ -21,12 +21,12 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def _app(cfg: DictConfig):
-    from runner.errors import Terminated, UserError
+    from runner.errors import Terminated, UserError, first_line
     from runner.sweep import STATUS_FILE, job_context, write_status
 
     job = job_context()
     try:
-        value = run_task(cfg)
+        value = run_task(cfg, job)
         if job and not (job["output_dir"] / STATUS_FILE).is_file():
             write_status(job, "FINISHED")
         return value
@@ -39,7 +39,7 @@ def _app(cfg: DictConfig):
 
                 traceback.print_exc()
             print(f"error in job {job['num']} ({job['overrides']}): {e}", file=sys.stderr)
-            write_status(job, "FAILED", error=str(e).splitlines()[0] if str(e) else type(e).__name__)
+            write_status(job, "FAILED", error=first_line(e))
             return float("nan")
         print(f"error: {e}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
@@ -60,7 +60,7 @@ def quiet_library_logs() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-def run_task(cfg: DictConfig):
+def run_task(cfg: DictConfig, job: dict | None = None):
     from runner.api import prepare
 
     quiet_library_logs()
@@ -75,7 +75,7 @@ def run_task(cfg: DictConfig):
         return None
     from runner.train.run import train_task
 
-    return train_task(prepared)
+    return train_task(prepared, job)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from runner.errors import ConfigError, Problem, Problems, did_you_mean
+from runner.errors import ConfigError, Problem, Problems, did_you_mean, first_line
 
 TASKS = ("train", "inspect")
 TOP_KEYS = {"task", "seed", "inspect", "model", "init", "data", "train", "tracking", "checkpoint"}
@@ -41,7 +41,7 @@ def to_plain(cfg: Any) -> dict:
     try:
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     except OmegaConfBaseException as e:
-        raise ConfigError([Problem(getattr(e, "full_key", "") or "", str(e).splitlines()[0])]) from None
+        raise ConfigError([Problem(getattr(e, "full_key", "") or "", first_line(e))]) from None
 
 
 def validate(cfg: Any) -> dict:

@@ -46,17 +46,12 @@ class SweepCallback(Callback):
         if t is None:
             (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
             return
-        import os
-
-        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-        from mlflow import MlflowClient
-
-        from runner.tracking.config import default_uri
+        from runner.tracking.config import client as mlflow_client, default_uri
         from runner.tracking.run import ensure_experiment, store_folder
 
         uri = t.get("uri") or default_uri()
         artifact_root = store_folder(uri)
-        client = MlflowClient(uri)
+        client = mlflow_client(uri)
         exp_id = ensure_experiment(client, t.get("experiment") or "runner", artifact_root)
         overrides = " ".join(config.hydra.overrides.task) or "(none)"
         parent = client.create_run(exp_id, run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
@@ -76,11 +71,9 @@ class SweepCallback(Callback):
         parent_id = info.get("parent_run_id")
         t = _tracking(config)
         if t is not None and parent_id:
-            from mlflow import MlflowClient
+            from runner.tracking.config import client as mlflow_client
 
-            from runner.tracking.config import default_uri
-
-            client = MlflowClient(t.get("uri") or default_uri())
+            client = mlflow_client(t.get("uri"))
             done = [j for j in jobs if j["status"] == "FINISHED" and metric in j["metrics"]]
             if done:
                 best = (min if mode == "min" else max)(done, key=lambda j: j["metrics"][metric])

@@ -94,11 +94,9 @@ def resolve_resume(ref: str, run_dir: Path, tracking_uri: str | None) -> Entry |
     if ref == "auto":
         return CheckpointStore(run_dir / "checkpoints").latest()
     if RUN_ID.match(ref) and not Path(ref).exists():
-        from mlflow import MlflowClient
+        from runner.tracking.config import client as mlflow_client, default_uri
 
-        from runner.tracking.config import default_uri
-
-        client = MlflowClient(tracking_uri or default_uri())
+        client = mlflow_client(tracking_uri)
         try:
             run = client.get_run(ref)
         except Exception:

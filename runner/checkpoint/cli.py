@@ -12,27 +12,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 EXIT_USER_ERROR = 2
 
 
-def _client(uri: str | None):
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    from mlflow import MlflowClient
-
-    from runner.tracking.config import default_uri
-
-    return MlflowClient(uri or default_uri())
-
-
 def _load(ref: str, uri: str | None):
     from runner.checkpoint.registry import resolve_ref
     from runner.checkpoint.weights import file_tie_map, read_weights
 
-    client = _client(uri) if ref.startswith(("runs:/", "models:/")) else None
+    from runner.tracking.config import client as mlflow_client
+
+    client = mlflow_client(uri) if ref.startswith(("runs:/", "models:/")) else None
     resolved = resolve_ref(ref, uri, client)
     tensors, meta = read_weights(resolved.weights)
     return tensors, meta, file_tie_map(meta) or {}, resolved.description
@@ -43,7 +35,9 @@ def cmd_list(args) -> None:
 
     from runner.report import make_console
 
-    client = _client(args.tracking_uri)
+    from runner.tracking.config import client as mlflow_client
+
+    client = mlflow_client(args.tracking_uri)
     table = Table(title="Registered weights", title_justify="left")
     for col in ("Model", "Version", "Aliases", "Run", "Step", "Metric", "Tie groups", "REF"):
         table.add_column(col)

@@ -18,8 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.checkpoint.store import CheckpointStore, Entry, verify
+from runner.checkpoint.checkpointer import WEIGHTS, find_entry
+from runner.checkpoint.store import CheckpointStore, Entry
 from runner.checkpoint.weights import CheckpointError, read_metadata
+from runner.errors import first_line
 
 BEST = "best"
 
@@ -43,7 +45,7 @@ def publish(client: Any, run_id: str, final: Entry, store: CheckpointStore, name
     client.log_artifacts(run_id, str(final.path), "checkpoints/final")
     if best is not None and best.path != final.path:
         client.log_artifacts(run_id, str(best.path), "checkpoints/best")
-    meta = read_metadata(final.path / "weights.safetensors")
+    meta = read_metadata(final.path / WEIGHTS)
     ties = json.loads(meta.get("runner.tie_map", "{}"))
     tags = {"run_id": run_id, "step": str(final.step), "tie_groups": str(len(ties))}
     value = final.metrics.get(metric) if metric else None
@@ -75,17 +77,15 @@ def resolve_ref(ref: str, tracking_uri: str | None = None, client: Any = None) -
     """Find (downloading when needed) the weights a REF names."""
     if ref.startswith(("runs:/", "models:/")):
         if client is None:
-            from mlflow import MlflowClient
+            from runner.tracking.config import client as mlflow_client
 
-            from runner.tracking.config import default_uri
-
-            client = MlflowClient(tracking_uri or default_uri())
+            client = mlflow_client(tracking_uri)
         run_id, path, desc = _remote(ref, client)
         dst = Path(tempfile.mkdtemp(prefix="runner-weights-"))
         try:
             local = Path(client.download_artifacts(run_id, path, str(dst)))
         except Exception as e:
-            raise CheckpointError(f"{ref}: cannot download the weights ({str(e).splitlines()[0]})") from None
+            raise CheckpointError(f"{ref}: cannot download the weights ({first_line(e)})") from None
         return Resolved(_weights_in(local), desc)
     path = Path(ref)
     if not path.exists():
@@ -95,18 +95,15 @@ def resolve_ref(ref: str, tracking_uri: str | None = None, client: Any = None) -
 
 
 def _weights_in(path: Path) -> Path:
+    """The weights file of a path: itself, a checkpoint entry's, or a plain folder's."""
     if path.is_file():
         return path
-    if (path / "manifest.json").is_file():
-        verify(path)
-        return path / "weights.safetensors"
-    for folder in (path, path / "checkpoints"):
-        entry = CheckpointStore(folder).latest() if folder.is_dir() else None
-        if entry is not None:
-            return entry.path / "weights.safetensors"
-    if (path / "weights.safetensors").is_file():
-        return path / "weights.safetensors"
-    raise CheckpointError(f"{path}: no committed checkpoint or weights file found")
+    try:
+        return find_entry(path).path / WEIGHTS
+    except CheckpointError:
+        if (path / WEIGHTS).is_file():
+            return path / WEIGHTS
+        raise CheckpointError(f"{path}: no committed checkpoint or weights file found") from None
 
 
 def _remote(ref: str, client: Any) -> tuple[str, str, str]:
@@ -130,7 +127,7 @@ def _remote(ref: str, client: Any) -> tuple[str, str, str]:
             else:
                 mv = client.get_model_version(name, version)
     except MlflowException as e:
-        raise CheckpointError(f"{ref}: {str(e).splitlines()[0]}") from None
+        raise CheckpointError(f"{ref}: {first_line(e)}") from None
     source = mv.source
     if not source.startswith("runs:/"):
         raise CheckpointError(f"{ref}: version {mv.version} has source {source}, not a run artifact")

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from runner.checkpoint.weights import CheckpointError
+from runner.errors import first_line
 
 
 def rng_state() -> dict[str, Any]:
@@ -45,5 +46,4 @@ def load_state(path: Path) -> dict[str, Any]:
     except FileNotFoundError:
         raise CheckpointError(f"no training state at {path}") from None
     except Exception as e:  # UnpicklingError for unsafe payloads, RuntimeError for truncated files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path} was refused: it is not a plain training-state file ({first})") from None
+        raise CheckpointError(f"{path} was refused: it is not a plain training-state file ({first_line(e)})") from None

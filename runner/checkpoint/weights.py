@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from runner.errors import UserError
+from runner.errors import UserError, first_line
 
 FORMAT = "1"
 
@@ -54,34 +54,30 @@ def save_weights(path: Path, net, step: int = 0, run_id: str = "") -> None:
     save_file(tensors, str(path), metadata=meta)
 
 
-def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and metadata of a safetensors file; refuses anything that is not one."""
+def _read(path: Path, what):
+    """``what(f)`` on the open safetensors file; anything that is not one is refused."""
     from safetensors import SafetensorError
     from safetensors.torch import safe_open
 
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return what(f)
+    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({first_line(e)}); "
+                              "it may be truncated, corrupted or in another format") from None
+
+
+def read_weights(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and metadata of a safetensors file."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no weights file at {path}")
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]}); "
-                              "it may be truncated, corrupted or in another format") from None
-    return tensors, meta
+    return _read(path, lambda f: ({k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}))
 
 
 def read_metadata(path: Path) -> dict[str, str]:
     """A safetensors file's metadata, without reading its tensors."""
-    from safetensors import SafetensorError
-    from safetensors.torch import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise CheckpointError(f"{path} is not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    return _read(path, lambda f: f.metadata() or {})
 
 
 def file_tie_map(meta: dict[str, str]) -> dict[str, Any] | None:

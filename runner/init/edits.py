@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from runner.errors import ConfigError, Problem, Problems, did_you_mean
+from runner.errors import ConfigError, Problem, Problems, did_you_mean, first_line
 
 OPS = ("set", "add", "mul")
 EDIT_KEYS = {"param", "op", "value", "index"}
@@ -101,7 +101,7 @@ def apply_edits(net, edits: list[dict], report=None, path: str = "init.edits") -
         try:
             edit(t, e.get("op", "set"), e["value"], e.get("index"))
         except (IndexError, RuntimeError, ValueError) as err:
-            p.add(f"{path}[{i}].index", f"{name} has shape {list(t.shape)}: {str(err).splitlines()[0]}")
+            p.add(f"{path}[{i}].index", f"{name} has shape {list(t.shape)}: {first_line(err)}")
     p.raise_if_any("invalid init edits")
     entries = report.by_name() if report else {}
     with torch.no_grad():

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from runner import names as N
-from runner.errors import ConfigError, Problem, Problems, did_you_mean, one_of
+from runner.errors import ConfigError, Problem, Problems, did_you_mean, first_line, one_of
 from runner.init import initializers as I
 from runner.model.build import Network
 from runner.model.layers import all_type_names, canonical_type
@@ -235,7 +235,7 @@ def apply_init(net: Network, cfg: dict | None, seed: int, path: str = "init",
                     I.call(I.resolve(rule["init"]), args, t, g)
                 except (ValueError, TypeError, RuntimeError) as e:
                     p.add(f"{path}.rules[{i}]", f"{rule['init']} cannot initialise {canonical} "
-                          f"(shape {list(t.shape)}): {str(e).splitlines()[0]}")
+                          f"(shape {list(t.shape)}): {first_line(e)}")
                     continue
                 desc, label = str(rule["init"]), _rule_label(rule, i)
             entries.append(InitEntry(canonical, names[1:], list(t.shape), label, desc, args))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from runner import names as N
-from runner.errors import ConfigError, Problem, Problems, UserError, did_you_mean, one_of
+from runner.errors import ConfigError, Problem, Problems, UserError, did_you_mean, first_line, one_of
 from runner.model.ties import apply_ties, check_ties
 from runner.model.layers import (
     CONTAINER_FIELDS,
@@ -260,5 +260,5 @@ def _run(module: nn.Module, x: torch.Tensor, path: str) -> torch.Tensor:
     try:
         return module(x)
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
+        first = first_line(e)
         raise ConfigError([Problem(path, f"does not fit an input of shape {list(x.shape)}: {first}")]) from None

@@ -1,6 +1,7 @@
 """The ``tracking`` group: schema check and the default store location."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,14 @@ KEYS = {"enabled", "uri", "experiment", "run_name", "every_n_steps", "stats", "a
         "max_keys", "queue_size", "system_metrics", "http_timeout_s", "drain_timeout_s"}
 STATS_KEYS = {"weights", "grads", "update_ratio"}
 HIST_KEYS = {"enabled", "sample", "bins", "every_n_epochs"}
+
+
+def client(uri: str | None = None):
+    """An ``MlflowClient`` on ``uri`` (default: ``default_uri()``), MLflow's INFO chatter off."""
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    from mlflow import MlflowClient
+
+    return MlflowClient(uri or default_uri())
 
 
 def default_uri(base: Path | None = None) -> str:

@@ -64,11 +64,13 @@ class Reducer:
     """Reduces a fixed list of tensor sizes. Results come in ``order``: the small tensors (in
     input order), then the large ones."""
 
-    def __init__(self, numels: list[int], device: torch.device | str = "cpu",
+    def __init__(self, names: list[str], numels: list[int], device: torch.device | str = "cpu",
                  sample_index: list[torch.Tensor] | None = None):
         self.small = [i for i, n in enumerate(numels) if n <= SMALL]
         self.large = [i for i, n in enumerate(numels) if n > SMALL]
         self.order = self.small + self.large
+        self.names = [names[i] for i in self.order]
+        self.keys: dict = {}  # metric keys built once per (prefix, statistics), for the caller
         sizes = torch.tensor([numels[i] for i in self.small], dtype=torch.long)
         offsets = [0, *torch.cumsum(sizes, 0).tolist()]
         self.ids = torch.repeat_interleave(torch.arange(len(self.small)), sizes).to(device)
@@ -82,7 +84,7 @@ class Reducer:
         if sample_index is not None:
             if self.small:
                 self.pick = torch.cat([sample_index[i] + offsets[j] for j, i in enumerate(self.small)]).to(device)
-            self.sample_sizes = [(i, len(sample_index[i])) for i in self.order]
+            self.sample_sizes = [(names[i], len(sample_index[i])) for i in self.order]
 
     def pack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """The small tensors, flattened into one new buffer (also a snapshot of their values)."""
@@ -137,7 +139,7 @@ class Reducer:
         return self.pack(tensors), [_flat(tensors[i]).clone() for i in self.large]
 
     def samples(self, tensors: list[torch.Tensor], packed: torch.Tensor) -> list[torch.Tensor]:
-        """Each tensor's sampled values, concatenated in ``order`` (sizes in ``sample_sizes``):
+        """Each tensor's sampled values, concatenated in ``order`` (``sample_sizes``: name, size):
         one gather for all the small tensors, one per large tensor."""
         out = [packed[self.pick]] if self.pick is not None else []
         return out + [_flat(tensors[i])[self.sample_index[i]] for i in self.large]

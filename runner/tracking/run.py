@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from runner.errors import Terminated, UserError
+from runner.errors import Terminated, UserError, first_line
 from runner.tracking.config import default_uri
 from runner.tracking.sink import MlflowSink, SinkReport
 
@@ -95,7 +95,7 @@ class TrackedRun:
         except Exception as e:
             if self.uri.startswith(("http://", "https://")) and "onnect" in str(e):
                 raise UserError(f"tracking.uri: the tracking server at {self.uri} is unreachable "
-                                f"({str(e).splitlines()[0][:200]})") from None
+                                f"({first_line(e)[:200]})") from None
             raise
 
     def _start(self) -> "TrackedRun":

@@ -25,6 +25,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from runner.errors import first_line
+
 BATCH = 1000          # metrics per log_batch call (MLflow's limit)
 FLUSH_SECONDS = 2.0   # the longest a value waits in the writer before it is written
 FEED_SECONDS = 0.25   # how often the training process forwards what was queued to the writer
@@ -239,7 +241,7 @@ class _Writer:
         try:
             self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
         except Exception as e:  # unreachable or failing store: the caller spools the batch
-            self.last_error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            self.last_error = f"{type(e).__name__}: {first_line(e)}"
             return False
         self.delivered += len(chunk)
         return True
@@ -295,7 +297,7 @@ class _Writer:
                 return True
             except Exception as e:  # the store may be busy or away: retry, then report
                 if attempt == tries - 1:
-                    self.errors.append(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+                    self.errors.append(f"{type(e).__name__}: {first_line(e)}")
                     return False
                 time.sleep(0.2 * (attempt + 1))
         return False

@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-BATCH = 1000
+from runner.errors import first_line
+from runner.tracking.sink import BATCH
+
+
+class SpoolError(Exception):
+    """A spool file that is not one."""
 
 
 def read_spool(path: Path) -> dict[str, list[tuple[str, float, int, int]]]:
@@ -38,10 +42,6 @@ def read_spool(path: Path) -> dict[str, list[tuple[str, float, int, int]]]:
                 continue  # the last line, cut short by a kill while it was written
             raise SpoolError(f"{path}:{n}: not a spool record") from None
     return {run: list(values.values()) for run, values in runs.items()}
-
-
-class SpoolError(Exception):
-    pass
 
 
 def replay(path: Path, client) -> tuple[int, int]:
@@ -79,20 +79,16 @@ def main(argv: list[str] | None = None) -> int:
     if not args.spool.is_file():
         print(f"error: {args.spool}: no such spool file", file=sys.stderr)
         return 2
-    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    from mlflow import MlflowClient
-
-    from runner.tracking.config import default_uri
+    from runner.tracking.config import client, default_uri
 
     uri = args.tracking_uri or _uri_from_run_dir(args.spool) or default_uri()
     try:
-        sent, present = replay(args.spool, MlflowClient(uri))
+        sent, present = replay(args.spool, client(uri))
     except SpoolError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # the store is still away, or refuses the run
-        print(f"error: could not deliver to {uri}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}",
-              file=sys.stderr)
+        print(f"error: could not deliver to {uri}: {type(e).__name__}: {first_line(e)}", file=sys.stderr)
         return 1
     print(f"{sent} values delivered to {uri}; {present} were already there")
     return 0

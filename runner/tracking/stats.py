@@ -55,9 +55,9 @@ class StatsCollector:
         self.weight_stats = tuple(stats.get("weights", WEIGHT_STATS))
         self.grad_stats = tuple(stats.get("grads", GRAD_STATS))
         self.update_ratio = bool(stats.get("update_ratio", True))
-        self.params = list(net.params().items())
-        self.names = [n for n, _ in self.params]
-        self.tensors = [p for _, p in self.params]
+        params = net.params()
+        self.names, self.tensors = list(params), list(params.values())
+        self._all = tuple(range(len(self.tensors)))
         hist = cfg.get("histograms") or {}
         self.sample_size = int(hist.get("sample", 1024)) if hist.get("enabled", True) else 0
         g = torch.Generator().manual_seed(seed)
@@ -90,10 +90,9 @@ class StatsCollector:
     def _reducer(self, present: tuple[int, ...]) -> Reducer:
         r = self._reducers.get(present)
         if r is None:
-            r = Reducer([self.tensors[i].numel() for i in present], self.tensors[present[0]].device,
+            r = Reducer([self.names[i] for i in present], [self.tensors[i].numel() for i in present],
+                        self.tensors[present[0]].device,
                         [self.sample_idx[i] for i in present] if self.sample_idx else None)
-            r.names = [self.names[present[j]] for j in r.order]
-            r.keys = {}
             self._reducers[present] = r
         return r
 
@@ -135,13 +134,12 @@ class StatsCollector:
         self._keys.extend(keys)
         self._pending.append(torch.stack(values).reshape(-1) if len(values) > 1 else values[0])
 
-    def _add_samples(self, kind: str, r: Reducer, tensors: list[torch.Tensor], packed: torch.Tensor,
-                     present: tuple[int, ...]) -> None:
+    def _add_samples(self, kind: str, r: Reducer, tensors: list[torch.Tensor], packed: torch.Tensor) -> None:
         if self.sample_size:
             self._sample_tensors.extend(r.samples(tensors, packed))
             keys = r.keys.get(kind)
             if keys is None:
-                keys = r.keys[kind] = [(f"{kind}/{self.names[present[i]]}", size) for i, size in r.sample_sizes]
+                keys = r.keys[kind] = [(f"{kind}/{name}", size) for name, size in r.sample_sizes]
             self._samples.extend(keys)
 
     @torch.no_grad()
@@ -162,15 +160,11 @@ class StatsCollector:
                     self._add_block("grad_", self.grad_stats, [m.stat(s) for s in self.grad_stats], r)
                 if grad_norm is None:
                     self._add("train/grad_norm", m.norm().square().sum().sqrt())
-            self._add_samples("grad", r, grads, packed, present)
+            self._add_samples("grad", r, grads, packed)
         elif grad_norm is None:
             self._host["train/grad_norm"] = 0.0
         if self.update_ratio:
             self._before = self._reducer(self._all).snapshot(self.tensors)
-
-    @property
-    def _all(self) -> tuple[int, ...]:
-        return tuple(range(len(self.tensors)))
 
     @torch.no_grad()
     def after_step(self, step: int, loss: float, lrs: list[float]) -> LoggedStep:
@@ -185,7 +179,7 @@ class StatsCollector:
             if self._before is not None:
                 ratio = r.distance(self.tensors, packed, self._before) / m.norm().clamp_min(1e-12)
                 self._add_block("update_ratio", ("",), [ratio], r)
-        self._add_samples("weight", r, self.tensors, packed, self._all)
+        self._add_samples("weight", r, self.tensors, packed)
         self._before = None
         # the one host transfer: every scalar, then every histogram sample
         host = torch.cat(self._pending + self._sample_tensors).cpu()
@@ -199,7 +193,7 @@ class StatsCollector:
 
     def keys_per_step(self) -> int:
         """How many metric keys one logging step writes (for the key budget)."""
-        n = len(self.params)
+        n = len(self.tensors)
         keys = n * (len(self.weight_stats) + len(self.grad_stats) + int(self.update_ratio)) + 3
         keys += 2 * len(self._hooks) + self._relu_hooks  # act_mean, act_std; act_dead for ReLU outputs
         return keys

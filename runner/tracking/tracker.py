@@ -22,7 +22,7 @@ class Tracker:
         self.collector = collector
         self.sink = sink
         hist_cfg = hist_cfg or {}
-        self.hist_on = bool(hist_cfg.get("enabled", True)) and collector.sample_size > 0
+        self.hist_on = collector.sample_size > 0  # 0 when tracking.histograms.enabled is false
         self.bins = int(hist_cfg.get("bins", 40))
         self.every_n_epochs = int(hist_cfg.get("every_n_epochs", 0) or 0)
         self.history: list[LoggedStep] = []   # metrics dropped, samples in bfloat16

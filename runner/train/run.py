@@ -23,19 +23,20 @@ def hydra_tags() -> dict[str, str]:
         return {}
 
 
-def train_task(prepared) -> float | None:
+def train_task(prepared, job: dict | None = None) -> float | None:
+    """Train, track and checkpoint; ``job`` is the multirun job context (``runner.sweep``)."""
     from runner.train.distributed import from_environment
 
     dist = from_environment()
     try:
-        return _train(prepared, dist)
+        return _train(prepared, dist, job)
     finally:  # a gloo group left to interpreter teardown can abort the process (SIGABRT)
         if dist is not None:
             dist.close()
 
 
-def _train(prepared, dist) -> float | None:
-    from runner.sweep import job_context, write_status
+def _train(prepared, dist, job: dict | None) -> float | None:
+    from runner.sweep import write_status
     from runner.tracking.stats import StatsCollector
     from runner.tracking.tracker import Tracker
     from runner.train.loop import fit
@@ -47,7 +48,6 @@ def _train(prepared, dist) -> float | None:
         return objective(cfg, result.final)
     out = run_directory()
     write_reports(prepared, out)
-    job = job_context()  # set in a multirun job
     tcfg, ccfg = cfg["tracking"], cfg.get("checkpoint") or {"enabled": False}
     resume, entry = _resume_state(cfg, out, prepared)
     if cfg["train"].get("resume") and entry is None:
