@@ -70,7 +70,7 @@ def params_table(net, init_report=None) -> Table:
 
 def aliases_of(net, name: str) -> list[str]:
     out = [a for a, c in net.param_aliases().items() if c == name and a != name]
-    out += [f"{a} (transposed)" for a, (c, _) in getattr(net, "transposed_aliases", {}).items() if c == name]
+    out += [f"{a} (transposed)" for a, c in getattr(net, "transposed_aliases", {}).items() if c == name]
     return out
 
 

@@ -160,7 +160,7 @@ def tensor_groups(net: Network) -> "dict[str, list[str]]":
     groups: dict[str, list[str]] = {}
     for alias, canonical in net.param_aliases().items():
         groups.setdefault(canonical, []).append(alias)
-    for alias, (canonical, _) in getattr(net, "transposed_aliases", {}).items():
+    for alias, canonical in getattr(net, "transposed_aliases", {}).items():
         groups.setdefault(canonical, []).append(alias)
     return groups
 

@@ -153,8 +153,8 @@ class Network(nn.Sequential):
         super().__init__(children)
         self.infos: dict[str, ModuleInfo] = {i.name: i for i in infos}
         self.config = config
-        # alias -> (canonical, "transpose") for parameters that are views of a tied tensor
-        self.transposed_aliases: dict[str, tuple[str, str]] = {}
+        # alias -> canonical name, for parameters that are the transpose of a tied tensor
+        self.transposed_aliases: dict[str, str] = {}
 
     # Parameters ------------------------------------------------------------------------------
     def _named(self):

@@ -95,7 +95,6 @@ def resolve_groups(net, ties: list[dict], path: str = "model.ties") -> list[tupl
                 m = net.module(other)
                 if type(m) is not type(first):
                     p.add(f"{gp}.layers", f"{other} is a {type(m).__name__} but {layers[0]} is a {type(first).__name__}")
-                    continue
             pairs = [[N.join(layer, a) for layer in layers] for a in attrs]
             if not attrs:
                 p.add(f"{gp}.layers", f"{layers[0]} has no parameters to share")
@@ -148,7 +147,7 @@ def apply_ties(net, ties: list[dict] | None, path: str = "model.ties") -> None:
             if transposed:
                 parametrize.register_parametrization(module, attr, Transpose(), unsafe=True)
                 module.parametrizations[attr].original = shared
-                net.transposed_aliases[alias] = (canonical, "transpose")
+                net.transposed_aliases[alias] = canonical
             else:
                 setattr(module, attr, shared)
 
@@ -159,6 +158,6 @@ def tie_map(net) -> dict[str, dict[str, list[str]]]:
     for alias, canonical in net.param_aliases().items():
         if alias != canonical:
             out.setdefault(canonical, {"aliases": [], "transposed": []})["aliases"].append(alias)
-    for alias, (canonical, _) in net.transposed_aliases.items():
+    for alias, canonical in net.transposed_aliases.items():
         out.setdefault(canonical, {"aliases": [], "transposed": []})["transposed"].append(alias)
     return out
