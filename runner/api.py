@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from runner.cli import CONF_DIR
+CONF_MODULE = "runner.conf"
 
 
 def compose(overrides: Sequence[str] = (), **groups: Any):
@@ -19,11 +19,14 @@ def compose(overrides: Sequence[str] = (), **groups: Any):
     ``groups`` pick a preset by name (``model="d2l_nested"``) or give a whole group as a dict.
     """
     from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
+    from hydra import initialize_config_module
     from omegaconf import OmegaConf, open_dict
 
+    from runner.config import register_defaults
+
+    register_defaults()
     picks = [f"{g}={v}" for g, v in groups.items() if isinstance(v, str)]
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+    with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=[*picks, *overrides])
     with open_dict(cfg):
         for g, v in groups.items():
@@ -36,9 +39,10 @@ def compose(overrides: Sequence[str] = (), **groups: Any):
 
 @dataclass
 class Prepared:
-    """Everything built from a config before training: plain config, data, model, init report."""
+    """Everything built from a config before training: the validated config (``runner.config.
+    RunConfig``), data, model, init report."""
 
-    config: dict
+    config: Any
     data: Any
     net: Any
     init_report: Any
@@ -51,13 +55,12 @@ def prepare(cfg: Any) -> Prepared:
     from runner.init import apply_init
     from runner.model import build_model
 
-    plain = validate(cfg)
-    seed = plain.get("seed", 0)
-    data = load_data(plain["data"], seed)
-    net = build_model(plain["model"], data.sample())
-    report = apply_init(net, plain.get("init"), seed, tracking_uri=(plain.get("tracking") or {}).get("uri"))
+    config = validate(cfg)
+    data = load_data(config.data, config.seed)
+    net = build_model(config.model, data.sample(), data.context(), config.seed)
+    report = apply_init(net, config.init, config.seed, tracking_uri=config.tracking.uri)
     net.init_report = report
-    return Prepared(plain, data, net, report)
+    return Prepared(config, data, net, report)
 
 
 def build(model: str | dict = "d2l_mlp", init: str | dict | None = None, data: str | dict | None = None,

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from runner.config import register_defaults
+
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+register_defaults()
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")
 def _app(cfg: DictConfig):
     from runner.errors import Terminated, UserError, first_line
     from runner.sweep import STATUS_FILE, job_context, write_status
@@ -66,11 +68,10 @@ def run_task(cfg: DictConfig, job: dict | None = None):
     quiet_library_logs()
 
     prepared = prepare(cfg)
-    task = prepared.config.get("task", "train")
-    if task == "inspect":
+    if prepared.config.task == "inspect":
         from runner import report
 
-        report.print_inspection(prepared.net, prepared.init_report, prepared.config["inspect"].get("show"))
+        report.print_inspection(prepared.net, prepared.init_report, prepared.config.inspect.show)
         report.write_reports(prepared, report.run_directory())
         return None
     from runner.train.run import train_task
@@ -78,7 +79,15 @@ def run_task(cfg: DictConfig, job: dict | None = None):
     return train_task(prepared, job)
 
 
+SUBCOMMANDS = ("layers",)
+
+
 def main() -> None:
+    """``runner layers [TYPE]`` lists layer types; anything else is a Hydra command line."""
+    if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
+        from runner.docs import print_layers
+
+        sys.exit(print_layers(sys.argv[2] if len(sys.argv) > 2 else None))
     _app()
 
 

@@ -1,30 +1,85 @@
-"""Whole-config validation: one pass over every group, every problem reported at once.
+"""The whole config: one schema per group, validated in one pass with every problem reported at once.
 
-Each group's module owns the check for its part of the config (``check_model`` in
-``runner.model``, ``check_data`` in ``runner.data``, ...); this module runs them all and adds the
-checks that belong to no group (top-level keys, ``task``, values left ``???``).
+Each group's schema lives in the module that reads it (``TrainConfig`` in ``runner.train.config``,
+``InitConfig`` in ``runner.init.rules``, the layer types in ``runner.model.layers``, ...) and is
+the one place its defaults are written. The ``default`` presets of ``train``, ``tracking`` and
+``checkpoint`` are made from those schemas (:func:`register_defaults`), so ``runner --cfg job``
+shows every key and Hydra overrides such as ``train.lr=0.1`` work, with no second copy of the
+defaults in YAML.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal, Optional
 
-from runner.errors import ConfigError, Problem, Problems, did_you_mean, first_line
+from pydantic import Field
+
+from runner.errors import ConfigError, Problem, Problems, first_line
+from runner.schema import Noun, Schema, Seed, Text
 
 TASKS = ("train", "inspect")
-TOP_KEYS = {"task", "seed", "inspect", "model", "init", "data", "train", "tracking", "checkpoint"}
-Checker = Callable[[Any, str], list[Problem]]
+GROUPS = ("model", "init", "data", "train", "tracking", "checkpoint")
 
 
-def _checkers() -> dict[str, Checker]:
-    from runner.checkpoint.checkpointer import check_checkpoint
-    from runner.data import check_data
-    from runner.init import check_init
-    from runner.model import check_model
-    from runner.tracking.config import check_tracking
-    from runner.train.config import check_train
+class InspectConfig(Schema):
+    """What ``task=inspect`` prints besides the summary and reports."""
 
-    return {"model": check_model, "data": check_data, "init": check_init,
-            "train": check_train, "tracking": check_tracking, "checkpoint": check_checkpoint}
+    show: Optional[Text] = Field(None, description="a tensor name or glob: print the values of the matching ones")
+
+
+class TopConfig(Schema):
+    """Keys of the root config that belong to no group."""
+
+    task: Annotated[Literal["train", "inspect"], Noun("task")] = Field("train", description="train | inspect")
+    seed: Seed = Field(0, description="the run seed: data, every tensor's init stream, training order")
+    inspect: InspectConfig = Field(default_factory=InspectConfig, description="task=inspect options")
+
+
+def schemas() -> dict[str, type[Schema]]:
+    """The group schemas whose ``default`` preset is generated (the others have YAML presets)."""
+    from runner.checkpoint.config import CheckpointConfig
+    from runner.tracking.config import TrackingConfig
+    from runner.train.config import TrainConfig
+
+    return {"train": TrainConfig, "tracking": TrackingConfig, "checkpoint": CheckpointConfig}
+
+
+def register_defaults() -> None:
+    """Put each generated ``<group>/default`` preset into Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    from runner.expr import register_resolvers
+
+    register_resolvers()
+    cs = ConfigStore.instance()
+    for group, cls in schemas().items():
+        cs.store(group=group, name="default", node=cls().plain(), provider="runner")
+    from runner.docs import help_node
+
+    cs.store(group="hydra/help", name="runner", node=help_node(), provider="runner")
+
+
+@dataclass
+class RunConfig:
+    """A validated config: each group as its typed schema, defaults filled in."""
+
+    task: str
+    seed: int
+    inspect: InspectConfig
+    model: dict            # the model tree as written (nodes are parsed by runner.model)
+    init: Any
+    data: Any
+    train: Any
+    tracking: Any
+    checkpoint: Any
+
+    def plain(self) -> dict:
+        """The resolved config with every default filled in, as plain values (for params and files)."""
+        return {"task": self.task, "seed": self.seed, "inspect": self.inspect.plain(), "model": self.model,
+                **{g: getattr(self, g).plain() for g in ("init", "data", "train", "tracking", "checkpoint")}}
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default)
 
 
 def to_plain(cfg: Any) -> dict:
@@ -44,17 +99,35 @@ def to_plain(cfg: Any) -> dict:
         raise ConfigError([Problem(getattr(e, "full_key", "") or "", first_line(e))]) from None
 
 
-def validate(cfg: Any) -> dict:
-    """Check the whole config; return it as a resolved plain dict or raise ConfigError."""
+def validate(cfg: Any) -> RunConfig:
+    """Check the whole config; return it typed, or raise ConfigError with every problem."""
+    from runner.checkpoint.config import CheckpointConfig
+    from runner.data import parse_data
+    from runner.init.rules import InitConfig
+    from runner.model import check_model
+    from runner.tracking.config import TrackingConfig
+    from runner.train.config import TrainConfig
+
+    if isinstance(cfg, RunConfig):
+        return cfg
     plain = to_plain(cfg)
     p = Problems()
-    p.unknown_keys(plain, TOP_KEYS, "")
-    task = plain.get("task", "train")
-    if task not in TASKS:
-        p.add("task", f"unknown task {task!r}{did_you_mean(str(task), TASKS)}; choose one of {', '.join(TASKS)}")
-    p.number(plain, "seed", "", zero_ok=True)
-    for section, check in _checkers().items():
-        if section in plain:
-            p.extend(check(plain[section], section))
+    p.unknown_keys(plain, ("task", "seed", "inspect", *GROUPS), "")
+    top, problems = TopConfig.parse({k: v for k, v in plain.items() if k in ("task", "seed", "inspect")}, "")
+    p.extend(problems)
+    for group in GROUPS:
+        if group not in plain:
+            p.add(group, "missing config group (it was removed; pick a preset, e.g. " f"{group}=...)")
+    parsers = {"init": lambda c, path: InitConfig.parse(c if c is not None else {}, path),
+               "data": parse_data, "train": TrainConfig.parse, "tracking": TrackingConfig.parse,
+               "checkpoint": CheckpointConfig.parse}
+    parsed = {}
+    if "model" in plain:
+        p.extend(check_model(plain["model"], "model"))
+    for group, parse in parsers.items():
+        if group in plain:
+            parsed[group], problems = parse(plain[group], group)
+            p.extend(problems)
     p.raise_if_any()
-    return plain
+    return RunConfig(top.task, top.seed, top.inspect, plain["model"], **parsed)
+

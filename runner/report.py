@@ -32,22 +32,24 @@ def summary_table(s: Summary) -> Table:
     t.add_column("Output shape")
     t.add_column("Params", justify="right")
     for r in s.rows:
-        name = "  " * r.depth + N.leaf(r.name)
+        name = "  " * r.depth + (N.leaf(r.name) or "(root)")
+        kind = r.type
+        if r.shared:
+            kind += f" [yellow](shares {', '.join(r.shared)})[/]"
         if r.is_block:
-            t.add_row(f"[bold]{name}[/]", r.type, shape_str(r.out_shape), f"[dim]({r.subtotal:,})[/]")
+            own = f"{r.params:,} " if r.params else ""
+            t.add_row(f"[bold]{name}[/]", kind, shape_str(r.out_shape), f"{own}[dim]({r.subtotal:,})[/]")
         else:
-            params = f"{r.params:,}"
-            kind = r.type
-            if r.shared:
-                kind += f" [yellow](shares {', '.join(r.shared)})[/]"
+            params = f"{r.params:,}" + (f" [dim]({r.buffers:,} buffer)[/]" if r.buffers else "")
             t.add_row(name, kind, shape_str(r.out_shape), params)
     return t
 
 
 def summary_footer(s: Summary) -> str:
+    buffers = f" (buffers: {s.buffers:,})" if s.buffers else ""
     return (f"Total params: {s.total:,}\nTrainable params: {s.trainable:,}\n"
-            f"Non-trainable params: {s.non_trainable:,}\n"
-            "[dim](block rows show their subtotal in parentheses; the other rows add up to the total)[/]")
+            f"Non-trainable params: {s.non_trainable:,}{buffers}\n"
+            "[dim](subtotals of blocks are in parentheses; the other counts add up to the total)[/]")
 
 
 def params_table(net, init_report=None) -> Table:
@@ -58,8 +60,10 @@ def params_table(net, init_report=None) -> Table:
     if init_report:
         t.add_column("Init (rule)")
     t.add_column("Shared as")
-    for name, p in net.params().items():
-        row = [name, shape_str(p.shape), str(p.dtype).replace("torch.", ""), "yes" if p.requires_grad else "no"]
+    params = net.params()
+    for name, p in net.tensors().items():
+        trainable = ("yes" if p.requires_grad else "no") if name in params else "no (buffer)"
+        row = [name, shape_str(p.shape), str(p.dtype).replace("torch.", ""), trainable]
         if init_report:
             e = entries.get(name)
             row.append(f"{e.init} ({e.rule})" if e else "")
@@ -69,7 +73,7 @@ def params_table(net, init_report=None) -> Table:
 
 
 def aliases_of(net, name: str) -> list[str]:
-    out = [a for a, c in net.param_aliases().items() if c == name and a != name]
+    out = [a for a, c in {**net.param_aliases(), **net.buffer_aliases()}.items() if c == name and a != name]
     out += [f"{a} (transposed)" for a, c in getattr(net, "transposed_aliases", {}).items() if c == name]
     return out
 
@@ -105,7 +109,7 @@ def init_table(report) -> Table:
 
 
 def print_values(net, pattern: str, console: Console) -> int:
-    table = dict(net.named_parameters(remove_duplicate=False))
+    table = {**dict(net.named_parameters(remove_duplicate=False)), **dict(net._named_buffers())}
     chosen = N.select(table, pattern)
     with torch.no_grad():
         for name in chosen:
@@ -117,7 +121,7 @@ def print_values(net, pattern: str, console: Console) -> int:
 
 def print_inspection(net, init_report=None, values: str | None = None, console: Any = None) -> None:
     if values:
-        names = list(dict(net.named_parameters(remove_duplicate=False)))
+        names = [*dict(net.named_parameters(remove_duplicate=False)), *dict(net._named_buffers())]
         if not N.select(names, values):
             raise UserError(f"inspect.show: no parameter matches {values!r}{did_you_mean(values, names)}")
     console = console or make_console()
@@ -162,4 +166,4 @@ def write_reports(prepared, out: Path) -> None:
         console.print(params_table(prepared.net, prepared.init_report))
     (out / "init_report.json").write_text(json.dumps(prepared.init_report.to_dict(), indent=1))
     (out / "tie_map.json").write_text(json.dumps(tie_map(prepared.net), indent=1))
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(prepared.config)))
+    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(prepared.config.plain())))

@@ -60,7 +60,7 @@ def test_multirun_inspect_sweeps(tmp_path):
 @pytest.mark.parametrize("args, expected", [
     (["model.layers.1.type=lnear"], "model.layers[1].type: unknown layer type 'lnear' (did you mean 'linear'?)"),
     (["model.layers.1.out=0", "+model.layers.2.activation=relux"],
-     "model.layers[1].out: must be a positive integer, got 0"),
+     "model.layers[1].out: must be a positive integer or 'auto' (the data's size), got 0"),
     (["+model.layers.1.otu=3"], "model.layers[1].otu: unknown key for 'linear' (did you mean 'out'?)"),
     (["data=file"], "data.path: missing required value"),
     (["task=inspekt"], "task: unknown task 'inspekt' (did you mean 'inspect'?)"),

@@ -19,3 +19,26 @@ def counting_ones(t: torch.Tensor, g: torch.Generator) -> None:
     """Records each call, so tests can check how often init touched a tensor."""
     CALLS.append(tuple(t.shape))
     t.fill_(1.0)
+
+
+class Raising(torch.nn.Module):
+    """A user model whose constructor refuses its argument."""
+
+    def __init__(self, width: int):
+        raise ValueError(f"bad width {width}")
+
+
+class NotAModule:
+    def __init__(self, width: int):
+        self.width = width
+
+
+class WrongShape(torch.nn.Module):
+    """A user model that cannot take the data it is given."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.lin = torch.nn.Linear(width, 2)
+
+    def forward(self, x):
+        return self.lin(x)

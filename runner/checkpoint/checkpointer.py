@@ -14,39 +14,24 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
+from runner.checkpoint.config import CheckpointConfig
 from runner.checkpoint.state import load_state, save_state
 from runner.checkpoint.store import CheckpointStore, Entry, verify
 from runner.checkpoint.weights import CheckpointError, config_hash, load_into, read_weights, save_weights
-from runner.errors import Problem, Problems
 
-KEYS = {"enabled", "every_n_steps", "keep_last", "keep_best", "best_metric", "best_mode", "register",
-        "registered_name"}
 WEIGHTS, STATE = "weights.safetensors", "state.pt"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-def check_checkpoint(cfg: Any, path: str = "checkpoint") -> list[Problem]:
-    p = Problems()
-    if not p.mapping(cfg, path, KEYS):
-        return p.items
-    p.number(cfg, "every_n_steps", path, nullable=True)
-    p.number(cfg, "keep_last", path)
-    p.number(cfg, "keep_best", path, zero_ok=True)
-    if cfg.get("best_mode", "min") not in ("min", "max"):
-        p.add(f"{path}.best_mode", f"must be min or max, got {cfg.get('best_mode')!r}")
-    return p.items
 
 
 class Checkpointer:
     """Writes checkpoints for the training loop."""
 
-    def __init__(self, folder: Path, cfg: dict, net, config_text: str, run_id: str = ""):
-        self.store = CheckpointStore(folder, int(cfg.get("keep_last", 3)), int(cfg.get("keep_best", 1)),
-                                     cfg.get("best_metric"), cfg.get("best_mode", "min"))
+    def __init__(self, folder: Path, cfg, net, config_text: str, run_id: str = ""):
+        cfg = CheckpointConfig.of(cfg, "checkpoint")
+        self.store = CheckpointStore(folder, cfg.keep_last, cfg.keep_best, cfg.best_metric, cfg.best_mode)
         self.removed = self.store.clean()
-        self.every = cfg.get("every_n_steps")
+        self.every = cfg.every_n_steps
         self.net = net
         self.config_text = config_text
         self.run_id = run_id

@@ -30,6 +30,12 @@ def _load(ref: str, uri: str | None):
     return tensors, meta, file_tie_map(meta) or {}, resolved.description
 
 
+def _kind(name: str, meta: dict) -> str:
+    from runner.checkpoint.weights import buffer_names
+
+    return "buffer" if name in buffer_names(meta) else "param"
+
+
 def cmd_list(args) -> None:
     from rich.table import Table
 
@@ -77,13 +83,13 @@ def cmd_show(args) -> None:
     console = make_console()
     table = Table(title=f"{desc}  (step {meta.get('runner.step', '?')}, run {meta.get('runner.run_id') or '-'})",
                   title_justify="left")
-    for col in ("Name", "Shape", "Dtype", "Shared as", "Mean", "Std", "Min", "Max", "L2"):
+    for col in ("Name", "Kind", "Shape", "Dtype", "Shared as", "Mean", "Std", "Min", "Max", "L2"):
         table.add_column(col, justify="right" if col in {"Mean", "Std", "Min", "Max", "L2"} else "left")
     for n in names:
         t = tensors[n]
         shared = ties.get(n, {})
         alias = ", ".join([*shared.get("aliases", []), *(f"{a} (T)" for a in shared.get("transposed", []))])
-        table.add_row(n, shape_str(t.shape), str(t.dtype).replace("torch.", ""), alias,
+        table.add_row(n, _kind(n, meta), shape_str(t.shape), str(t.dtype).replace("torch.", ""), alias,
                       *(f"{v:.4g}" for v in _stats(t)))
     console.print(table)
     if args.values:
@@ -143,7 +149,10 @@ def cmd_export(args) -> None:
         import numpy as np
 
         arrays = {k: v.detach().cpu().numpy() for k, v in tensors.items()}
-        np.savez(out, **arrays, __tie_map__=np.array(json.dumps(ties)))
+        from runner.checkpoint.weights import buffer_names
+
+        np.savez(out, **arrays, __tie_map__=np.array(json.dumps(ties)),
+                 __buffers__=np.array(json.dumps(buffer_names(meta))))
     else:
         raise UserError(f"--out must end in .safetensors or .npz, got {out.name}")
     print(f"exported {len(tensors)} tensors from {desc} to {out}")

@@ -1,8 +1,9 @@
 """Named weights in safetensors: one tensor per tie group, the tie map in the metadata.
 
-Keys are canonical dotted parameter names. Metadata (strings only, as safetensors requires):
-``runner.format``, ``runner.tie_map`` (JSON), ``runner.config_hash``, ``runner.step``,
-``runner.run_id``, ``runner.versions`` (JSON). Loading never unpickles anything: safetensors is a
+Keys are canonical dotted names of parameters and of persistent buffers (batch-norm running
+statistics: state a resumed run needs bitwise). Metadata (strings only, as safetensors requires):
+``runner.format``, ``runner.tie_map`` (JSON), ``runner.buffers`` (JSON list of the keys that are
+buffers), ``runner.config_hash``, ``runner.step``, ``runner.run_id``, ``runner.versions`` (JSON). Loading never unpickles anything: safetensors is a
 JSON header plus raw bytes. Every check that can fail is made before any value is copied, and
 all problems are reported together.
 """
@@ -42,10 +43,11 @@ def save_weights(path: Path, net, step: int = 0, run_id: str = "") -> None:
 
     from runner.model.ties import tie_map
 
-    tensors = {name: p.detach().cpu().contiguous() for name, p in net.params().items()}
+    tensors = {name: p.detach().cpu().contiguous() for name, p in net.tensors().items()}
     meta = {
         "runner.format": FORMAT,
         "runner.tie_map": json.dumps(tie_map(net), sort_keys=True),
+        "runner.buffers": json.dumps(list(net.buffers_by_name())),
         "runner.config_hash": config_hash(net.config),
         "runner.step": str(step),
         "runner.run_id": run_id or "",
@@ -90,6 +92,13 @@ def file_tie_map(meta: dict[str, str]) -> dict[str, Any] | None:
         raise CheckpointError("the checkpoint's tie map is not valid JSON") from None
 
 
+def buffer_names(meta: dict[str, str]) -> list[str]:
+    try:
+        return list(json.loads(meta.get("runner.buffers", "[]")))
+    except (json.JSONDecodeError, TypeError):
+        raise CheckpointError("the checkpoint's buffer list is not valid JSON") from None
+
+
 def check_finite(tensors: dict[str, torch.Tensor], where: str) -> None:
     bad = [k for k, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if bad:
@@ -107,8 +116,8 @@ def load_into(net, tensors: dict[str, torch.Tensor], meta: dict[str, str], where
     if ftm is not None and ftm != model_tm:
         problems.append(f"its tie map {json.dumps(ftm, sort_keys=True)} contradicts the model's "
                         f"{json.dumps(model_tm, sort_keys=True)}")
-    aliases = net.param_aliases()
-    params = net.params()
+    aliases = {**net.param_aliases(), **net.buffer_aliases()}
+    params = net.tensors()
     canonical_values: dict[str, torch.Tensor] = {}
     for key, t in tensors.items():
         canonical = aliases.get(key)

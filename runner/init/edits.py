@@ -6,38 +6,40 @@ list (``[0, 0]``). All edits are checked on copies first: if any is wrong, none 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal, Optional, Union
 
 import torch
+from pydantic import Field
 
-from runner.errors import ConfigError, Problem, Problems, did_you_mean, first_line
+from runner.errors import Problems, did_you_mean, first_line
+from runner.schema import Float, Noun, Schema, Text
 
 OPS = ("set", "add", "mul")
-EDIT_KEYS = {"param", "op", "value", "index"}
 
 
-def check_edits(edits: Any, path: str) -> list[Problem]:
-    p = Problems()
-    if not isinstance(edits, list):
-        p.add(path, "must be a list of edits")
-        return p.items
-    for i, e in enumerate(edits):
-        ep = f"{path}[{i}]"
-        if not p.mapping(e, ep, EDIT_KEYS, " like {param: hidden.weight, op: set, value: 42}"):
-            continue
-        if not isinstance(e.get("param"), str):
-            p.add(f"{ep}.param", "missing required value (a parameter name)")
-        if e.get("op", "set") not in OPS:
-            p.add(f"{ep}.op", f"unknown op {e.get('op')!r}{did_you_mean(str(e.get('op')), OPS)}; choose one of {', '.join(OPS)}")
-        v = e.get("value")
-        if isinstance(v, bool) or not isinstance(v, (int, float)):
-            p.add(f"{ep}.value", f"must be a number, got {v!r}")
-        if "index" in e and e["index"] is not None:
+class Edit(Schema):
+    """One direct edit of a tensor's values."""
+
+    param: Text = Field(description="the tensor's name (a parameter or a buffer)")
+    op: Annotated[Literal["set", "add", "mul"], Noun("op")] = Field("set", description="set, add or mul")
+    value: Float = Field(description="the number to set, add or multiply by")
+    index: Optional[Union[Annotated[int, Field(strict=True)], str, list[Union[Annotated[int, Field(strict=True)], str]]]] = Field(
+        None, description="Python subscript, e.g. '0, 0' or '0:2' (default: the whole tensor)")
+
+    def problems(self):
+        if self.index is not None:
             try:
-                parse_index(e["index"])
+                parse_index(self.index)
             except ValueError as err:
-                p.add(f"{ep}.index", str(err))
-    return p.items
+                yield "index", str(err)
+
+
+def check_edits(edits: Any, path: str) -> list:
+    from runner.schema import Problem
+
+    if not isinstance(edits, list):
+        return [Problem(path, "must be a list of edits")]
+    return [q for i, e in enumerate(edits) for q in Edit.parse(e, f"{path}[{i}]")[1]]
 
 
 def parse_index(index: Any) -> tuple:
@@ -80,37 +82,34 @@ def edit(tensor: torch.Tensor, op: str, value: float, index: Any = None) -> None
             target.mul_(value)
 
 
-def apply_edits(net, edits: list[dict], report=None, path: str = "init.edits") -> None:
+def apply_edits(net, edits: list, report=None, path: str = "init.edits") -> None:
     """Check every edit on copies, then apply them all (or raise listing every problem)."""
     if not edits:
         return
-    problems = check_edits(edits, path)
-    if problems:
-        raise ConfigError(problems)
-    table = dict(net.named_parameters(remove_duplicate=False))
-    aliases = net.param_aliases()
+    edits = [Edit.of(e, f"{path}[{i}]") for i, e in enumerate(edits)]
+    table = {**dict(net.named_parameters(remove_duplicate=False)), **dict(net._named_buffers())}
+    aliases = {**net.param_aliases(), **net.buffer_aliases()}
     trial: dict[str, torch.Tensor] = {}
     p = Problems()
     for i, e in enumerate(edits):
-        name = e["param"]
-        if name not in table:
-            p.add(f"{path}[{i}].param", f"no parameter named {name!r}{did_you_mean(name, table)}")
+        if e.param not in table:
+            p.add(f"{path}[{i}].param", f"no parameter named {e.param!r}{did_you_mean(e.param, table)}")
             continue
-        canonical = aliases[name]
+        canonical = aliases[e.param]
         t = trial.setdefault(canonical, table[canonical].detach().clone())
         try:
-            edit(t, e.get("op", "set"), e["value"], e.get("index"))
+            edit(t, e.op, e.value, e.index)
         except (IndexError, RuntimeError, ValueError) as err:
-            p.add(f"{path}[{i}].index", f"{name} has shape {list(t.shape)}: {first_line(err)}")
+            p.add(f"{path}[{i}].index", f"{e.param} has shape {list(t.shape)}: {first_line(err)}")
     p.raise_if_any("invalid init edits")
     entries = report.by_name() if report else {}
     with torch.no_grad():
         for canonical, t in trial.items():
             table[canonical].copy_(t)
-    for i, e in enumerate(edits):
-        if aliases[e["param"]] in entries:
-            idx = f"[{e['index']}]" if e.get("index") is not None else ""
-            entries[aliases[e["param"]]].edits.append(f"{e.get('op', 'set')}{idx} {e['value']}")
+    for e in edits:
+        if aliases[e.param] in entries:
+            idx = f"[{e.index}]" if e.index is not None else ""
+            entries[aliases[e.param]].edits.append(f"{e.op}{idx} {e.value:g}")
 
 
 def edit_param(net, name: str, op: str, value: float, index: Any = None) -> None:

@@ -5,19 +5,22 @@ torch's (Keras-style aliases such as ``glorot_uniform`` and ``he_normal`` map to
 functions), so a rule ``{init: kaiming_normal, args: {mode: fan_out}}`` gives exactly what
 ``torch.nn.init.kaiming_normal_(w, mode="fan_out", generator=g)`` gives.
 
-``default`` is the layer's own torch default (``nn.Linear``: Kaiming-uniform with a=sqrt(5),
-bias U(+-1/sqrt(fan_in)); ``nn.LayerNorm``: ones and zeros), drawn from the same per-parameter
-generator so that it, too, is independent of construction order.
+``default`` is the layer's own torch default (``nn.Linear`` and convolutions: Kaiming-uniform
+with a=sqrt(5), bias U(+-1/sqrt(fan_in)); norms: ones and zeros; ``nn.Embedding``: N(0, 1)),
+drawn from the same per-parameter generator so that it, too, is independent of construction
+order. A module the runner does not know is reset by its own ``reset_parameters()``; buffers
+keep the value they were constructed with.
 """
 from __future__ import annotations
 
-import importlib
 import inspect
 import math
 from typing import Any, Callable
 
 import torch
 from torch import nn
+
+from runner.model.modules import PositionalEmbedding
 
 Initializer = Callable[..., Any]
 
@@ -112,19 +115,50 @@ DEFAULT = "default"
 
 
 def layer_default(module: nn.Module, attr: str, t: torch.Tensor, g: torch.Generator) -> str:
-    """Fill ``t`` the way ``module``'s own ``reset_parameters`` would; return a description."""
-    if isinstance(module, nn.Linear) and attr == "weight":
+    """Fill ``t`` the way ``module``'s own initialisation would, drawing from ``g``; return a
+    description. Buffers (and tensors of modules that have no initialisation of their own) keep
+    the value they were constructed with."""
+    if attr in module._buffers:
+        return "as constructed"
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and attr == "weight":
         nn.init.kaiming_uniform_(t, a=math.sqrt(5), generator=g)
         return "kaiming_uniform(a=sqrt(5))"
-    if isinstance(module, nn.Linear) and attr == "bias":
-        fan_in = module.in_features
+    if isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d)) and attr == "bias":
+        fan_in = nn.init._calculate_fan_in_and_fan_out(module.weight)[0]
         bound = 1 / math.sqrt(fan_in) if fan_in > 0 else 0
         nn.init.uniform_(t, -bound, bound, generator=g)
         return f"uniform(+-1/sqrt({fan_in}))"
-    if isinstance(module, nn.LayerNorm):
+    if isinstance(module, (nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.modules.batchnorm._NormBase)):
         (nn.init.ones_ if attr == "weight" else nn.init.zeros_)(t)
         return "ones" if attr == "weight" else "zeros"
-    raise ValueError(f"no default initializer known for {type(module).__name__}.{attr}")
+    if isinstance(module, nn.Embedding) and attr == "weight":
+        nn.init.normal_(t, generator=g)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                t[module.padding_idx].zero_()
+            return f"normal(0, 1), row {module.padding_idx} zero"
+        return "normal(0, 1)"
+    if isinstance(module, PositionalEmbedding):
+        nn.init.normal_(t, 0.0, 0.02, generator=g)
+        return "normal(0, 0.02)"
+    return _reset_parameters(module, attr, t, g)
+
+
+def _reset_parameters(module: nn.Module, attr: str, t: torch.Tensor, g: torch.Generator) -> str:
+    """A module torch or the runner does not know: its own ``reset_parameters()``, run on a
+    global RNG seeded from ``g`` and undone for every other tensor, so only ``t`` changes."""
+    reset = getattr(module, "reset_parameters", None)
+    if not callable(reset):
+        return "as constructed"
+    state = {id(x): x.detach().clone() for x in [*module.parameters(), *module.buffers()]}
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=g)))
+        reset()
+        value = getattr(module, attr).detach().clone()
+        for x in [*module.parameters(), *module.buffers()]:
+            x.copy_(state[id(x)])
+        t.copy_(value)
+    return f"{type(module).__name__}.reset_parameters"
 
 
 def resolve(name: str) -> Initializer:
@@ -132,12 +166,13 @@ def resolve(name: str) -> Initializer:
 
     Naming code in a config runs that code: treat configs like the code they name.
     """
+    from runner.code import locate
+
     if name in BUILTINS:
         return BUILTINS[name]
-    module_name, _, attr = name.rpartition(".")
-    if not module_name:
+    if "." not in name:
         raise LookupError(name)
-    obj = getattr(importlib.import_module(module_name), attr)
+    obj = locate(name)
     if not callable(obj):
         raise TypeError(f"{name} is not callable")
     return obj

@@ -62,11 +62,15 @@ def check_ties(ties: Any, path: str = "model.ties") -> list[Problem]:
     return p.items
 
 
-def _expand(patterns: list[str], names: list[str], what: str, gp: str, p: Problems) -> list[str]:
+def _expand(patterns: list[str], names: list[str], what: str, gp: str, p: Problems,
+            buffers: list[str] = ()) -> list[str]:
     out: list[str] = []
     for pat in patterns:
         hits = N.select(names, pat)
-        if not hits:
+        if not hits and N.select(buffers, pat):
+            p.add(gp, f"{pat!r} names a buffer ({', '.join(N.select(buffers, pat)[:3])}); buffers are state, "
+                      "never tied")
+        elif not hits:
             p.add(gp, f"no {what} named {pat!r}{did_you_mean(pat, names)}")
         out.extend(h for h in hits if h not in out)
     return out
@@ -76,7 +80,8 @@ def resolve_groups(net, ties: list[dict], path: str = "model.ties") -> list[tupl
     """Expand every group to parameter names: [(canonical, [aliases], transposed)], or raise all problems."""
     p = Problems()
     param_names = list(net.params())
-    layer_names = [n for n, info in net.infos.items() if n and not info.is_block and not info.reuse_of]
+    buffer_names = list(net.buffers_by_name())
+    layer_names = [n for n, info in net.infos.items() if n and not info.reuse_of]
     resolved: list[tuple[str, list[str], bool]] = []
     owner: dict[str, str] = {}
     for i, g in enumerate(ties):
@@ -90,16 +95,18 @@ def resolve_groups(net, ties: list[dict], path: str = "model.ties") -> list[tupl
             if len(layers) < 2:
                 continue
             first = net.module(layers[0])
-            attrs = [a for a, _ in first.named_parameters(recurse=False)]
+            attrs = [n for n, _ in first.named_parameters() if ".parametrizations." not in n]
             for other in layers[1:]:
                 m = net.module(other)
                 if type(m) is not type(first):
                     p.add(f"{gp}.layers", f"{other} is a {type(m).__name__} but {layers[0]} is a {type(first).__name__}")
+                elif [n for n, _ in m.named_parameters() if ".parametrizations." not in n] != attrs:
+                    p.add(f"{gp}.layers", f"{other} and {layers[0]} do not hold the same parameters")
             pairs = [[N.join(layer, a) for layer in layers] for a in attrs]
             if not attrs:
                 p.add(f"{gp}.layers", f"{layers[0]} has no parameters to share")
         else:
-            members = _expand(g["params"], param_names, "parameter", f"{gp}.params", p)
+            members = _expand(g["params"], param_names, "parameter", f"{gp}.params", p, buffer_names)
             if len(g["params"]) != len(set(g["params"])) or (members and len(members) < 2):
                 p.add(f"{gp}.params", f"ties a parameter to itself ({', '.join(members)}); a group needs two or more")
                 continue

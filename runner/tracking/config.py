@@ -1,17 +1,59 @@
-"""The ``tracking`` group: schema check and the default store location."""
+"""The ``tracking`` group's schema, and the default store location."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Optional
 
-from runner.errors import Problem, Problems, did_you_mean
-from runner.tracking.stats import GRAD_STATS, WEIGHT_STATS
+from pydantic import Field
 
-KEYS = {"enabled", "uri", "experiment", "run_name", "every_n_steps", "stats", "activations", "histograms",
-        "max_keys", "queue_size", "system_metrics", "http_timeout_s", "drain_timeout_s"}
-STATS_KEYS = {"weights", "grads", "update_ratio"}
-HIST_KEYS = {"enabled", "sample", "bins", "every_n_epochs"}
+from runner.schema import NonNegInt, Noun, PosFloat, PosInt, Schema, Text
+
+WEIGHT_STATS = ("mean", "std", "min", "max", "norm")
+GRAD_STATS = ("mean", "std", "maxabs", "norm")
+
+
+class Stats(Schema):
+    """Which per-tensor statistics each logging step writes."""
+
+    weights: list[Annotated[Literal["mean", "std", "min", "max", "norm"], Noun("statistic")]] = Field(
+        default_factory=lambda: list(WEIGHT_STATS), description="of each parameter's values")
+    grads: list[Annotated[Literal["mean", "std", "maxabs", "norm"], Noun("statistic")]] = Field(
+        default_factory=lambda: list(GRAD_STATS), description="of each parameter's gradient")
+    update_ratio: bool = Field(True, description="||w_after - w_before|| / ||w_after|| of the logged step")
+
+
+class Histograms(Schema):
+    """Heat maps of each tensor's distribution over training."""
+
+    enabled: bool = Field(True, description="keep samples and draw the heat maps")
+    sample: PosInt = Field(1024, description="values kept per tensor at each logging step")
+    bins: PosInt = Field(40, description="histogram bins")
+    every_n_epochs: NonNegInt = Field(0, description="0: draw at the end only; N: also every N epochs")
+
+
+class TrackingConfig(Schema):
+    """Where and what to log to MLflow."""
+
+    enabled: bool = Field(True, description="false: train without MLflow")
+    uri: Optional[Text] = Field(None, description="null: sqlite:///<launch dir>/outputs/mlflow.db; or any MLflow "
+                                                  "tracking URI")
+    experiment: Text = Field("runner", description="MLflow experiment name")
+    run_name: Optional[Text] = Field(None, description="null: <model>-<time>")
+    every_n_steps: PosInt = Field(10, description="statistics are computed and logged on these steps (and step 1)")
+    stats: Stats = Field(default_factory=Stats, description="statistics per tensor")
+    activations: bool = Field(False, description="forward-hook stats per layer: act_mean, act_std, act_dead (ReLU)")
+    histograms: Histograms = Field(default_factory=Histograms, description="distribution heat maps")
+    max_keys: PosInt = Field(1000, description="refuse a config that would write more metric keys per run")
+    queue_size: PosInt = Field(10_000, description="logging steps that may wait for the store before training waits")
+    system_metrics: bool = Field(True, description="cpu/memory/gpu under system/ (psutil)")
+    http_timeout_s: PosFloat = Field(10, description="with a tracking server: seconds before a request counts as failed")
+    drain_timeout_s: PosFloat = Field(120, description="at the end, how long to keep retrying batches spooled in an "
+                                                       "outage")
+
+
+def check_tracking(cfg: Any, path: str = "tracking") -> list:
+    return TrackingConfig.parse(cfg, path)[1]
 
 
 def client(uri: str | None = None):
@@ -26,32 +68,3 @@ def default_uri(base: Path | None = None) -> str:
     """``sqlite:////abs/outputs/mlflow.db`` under ``base`` (the launch directory)."""
     path = ((base or Path.cwd()) / "outputs" / "mlflow.db").resolve()
     return f"sqlite:///{path}"
-
-
-def check_tracking(cfg: Any, path: str = "tracking") -> list[Problem]:
-    p = Problems()
-    if not p.mapping(cfg, path, KEYS):
-        return p.items
-    for key in ("every_n_steps", "max_keys", "queue_size", "http_timeout_s", "drain_timeout_s"):
-        p.number(cfg, key, path)
-    if not isinstance(cfg.get("experiment", "runner"), str) or not cfg.get("experiment", "runner"):
-        p.add(f"{path}.experiment", "must be a non-empty string")
-    stats = cfg.get("stats") or {}
-    if not isinstance(stats, dict):
-        p.add(f"{path}.stats", "must be a mapping with weights, grads, update_ratio")
-    else:
-        p.unknown_keys(stats, STATS_KEYS, f"{path}.stats")
-        for key, allowed in (("weights", WEIGHT_STATS), ("grads", GRAD_STATS)):
-            for s in stats.get(key) or []:
-                if s not in allowed:
-                    p.add(f"{path}.stats.{key}", f"unknown statistic {s!r}{did_you_mean(str(s), allowed)}; "
-                          f"choose from {', '.join(allowed)}")
-    hist = cfg.get("histograms") or {}
-    if not isinstance(hist, dict):
-        p.add(f"{path}.histograms", "must be a mapping")
-    else:
-        p.unknown_keys(hist, HIST_KEYS, f"{path}.histograms")
-        for key in ("sample", "bins"):
-            p.number(hist, key, f"{path}.histograms")
-        p.number(hist, "every_n_epochs", f"{path}.histograms", zero_ok=True, nullable=True)
-    return p.items

@@ -68,12 +68,12 @@ def ensure_experiment(client: Any, name: str, artifact_root: Path | None) -> str
 class TrackedRun:
     """Context manager: create the run, start the writer, end the run with its true status."""
 
-    def __init__(self, config: dict, run_dir: Path, tags: dict[str, str] | None = None,
+    def __init__(self, config, run_dir: Path, tags: dict[str, str] | None = None,
                  resume_run_id: str | None = None, name: str | None = None):
-        self.config = config
-        self.tcfg = config["tracking"]
+        self.config = config  # runner.config.RunConfig
+        self.tcfg = config.tracking
         self.run_dir = run_dir
-        self.uri = self.tcfg.get("uri") or default_uri()
+        self.uri = self.tcfg.uri or default_uri()
         self.extra_tags = tags or {}
         self.status = "RUNNING"
         self.sink_report: SinkReport | None = None
@@ -89,7 +89,7 @@ class TrackedRun:
             # a tracking server: fail fast instead of MLflow's minutes of retries; the writer
             # spools through outages (these settings reach it through the environment)
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(self.tcfg.get("http_timeout_s", 10))))
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(self.tcfg.http_timeout_s)))
         try:
             return self._start()
         except Exception as e:
@@ -104,7 +104,7 @@ class TrackedRun:
 
         artifact_root = store_folder(self.uri)
         self.client = MlflowClient(self.uri)
-        self.experiment_id = ensure_experiment(self.client, self.tcfg.get("experiment") or "runner", artifact_root)
+        self.experiment_id = ensure_experiment(self.client, self.tcfg.experiment, artifact_root)
         tags = {"runner.task": "train", "runner.run_dir": str(self.run_dir.resolve()), **self.extra_tags}
         commit = git_commit(Path.cwd())
         if commit:
@@ -118,18 +118,18 @@ class TrackedRun:
         else:
             run = self.client.create_run(self.experiment_id, run_name=self.run_name(), tags=tags)
             self.run_id = run.info.run_id
-        self.sink = MlflowSink(self.uri, self.run_id, int(self.tcfg.get("queue_size", 10_000)), skip_upto=logged,
+        self.sink = MlflowSink(self.uri, self.run_id, self.tcfg.queue_size, skip_upto=logged,
                                spool_file=str(self.run_dir / "mlflow_spool.jsonl"),
-                               drain_seconds=float(self.tcfg.get("drain_timeout_s", 120)))
+                               drain_seconds=self.tcfg.drain_timeout_s)
         if self.resume_run_id:
             for k, v in self.extra_tags.items():
                 self.client.set_tag(self.run_id, k, v)
         else:
-            params = [Param(k, v) for k, v in flatten(self.config).items()]
+            params = [Param(k, v) for k, v in flatten(self.config.plain()).items()]
             for i in range(0, len(params), 100):
                 self.client.log_batch(self.run_id, params=params[i:i + 100], synchronous=True)
         self.sink.wait_ready()
-        if self.tcfg.get("system_metrics", True):
+        if self.tcfg.system_metrics:
             self._start_system_metrics()
         if threading.current_thread() is threading.main_thread():
             self._old_handler = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -146,13 +146,13 @@ class TrackedRun:
         return out
 
     def run_name(self) -> str:
-        if self.tcfg.get("run_name"):
-            return str(self.tcfg["run_name"])
+        if self.tcfg.run_name:
+            return self.tcfg.run_name
         if self.name:
             return self.name
         import time
 
-        return f"{self.config['model'].get('name', 'model')}-{time.strftime('%H%M%S')}"
+        return f"{self.config.model.get('name', 'model')}-{time.strftime('%H%M%S')}"
 
     def log_artifacts(self) -> None:
         """Queue the run directory's files (reports, ``.hydra/``) for upload by the writer."""

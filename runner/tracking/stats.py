@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from runner.model.build import Network
-from runner.model.layers import Dense
+from runner.model.layers import is_relu
+from runner.model.network import Network
+from runner.tracking.config import TrackingConfig
 from runner.tracking.reduce import Reducer
 
-WEIGHT_STATS = ("mean", "std", "min", "max", "norm")
-GRAD_STATS = ("mean", "std", "maxabs", "norm")
 EXTREMES = {"min", "max", "maxabs"}
 
 
@@ -48,18 +47,17 @@ class LoggedStep:
 class StatsCollector:
     """Computes the configured statistics for a network at logging steps."""
 
-    def __init__(self, net: Network, cfg: dict, seed: int = 0):
+    def __init__(self, net: Network, cfg, seed: int = 0):
+        cfg = TrackingConfig.of(cfg, "tracking")
         self.net = net
-        self.every = int(cfg.get("every_n_steps", 10))
-        stats = cfg.get("stats") or {}
-        self.weight_stats = tuple(stats.get("weights", WEIGHT_STATS))
-        self.grad_stats = tuple(stats.get("grads", GRAD_STATS))
-        self.update_ratio = bool(stats.get("update_ratio", True))
+        self.every = cfg.every_n_steps
+        self.weight_stats = tuple(cfg.stats.weights)
+        self.grad_stats = tuple(cfg.stats.grads)
+        self.update_ratio = cfg.stats.update_ratio
         params = net.params()
         self.names, self.tensors = list(params), list(params.values())
         self._all = tuple(range(len(self.tensors)))
-        hist = cfg.get("histograms") or {}
-        self.sample_size = int(hist.get("sample", 1024)) if hist.get("enabled", True) else 0
+        self.sample_size = cfg.histograms.sample if cfg.histograms.enabled else 0
         g = torch.Generator().manual_seed(seed)
         self.sample_idx = [
             torch.randperm(p.numel(), generator=g)[: self.sample_size].sort().values if p.numel() > self.sample_size
@@ -74,9 +72,10 @@ class StatsCollector:
         self._host: dict[str, float] = {}           # values already on the host (loss, grad norm)
         self._before: tuple | None = None
         self._hooks: list = []
-        self._relu_hooks = 0
+        self._act_keys = 0       # activation statistics per logging step
+        self._calls: dict[int, int] = {}
         self._act_on = False
-        if cfg.get("activations"):
+        if cfg.activations:
             self._install_activation_hooks()
 
     # cadence ---------------------------------------------------------------------------------
@@ -98,18 +97,26 @@ class StatsCollector:
 
     # activations -----------------------------------------------------------------------------
     def _install_activation_hooks(self) -> None:
-        for name, info in self.net.infos.items():
-            if not name or info.is_block:
-                continue
-            module = self.net.module(name)
-            relu = isinstance(module, nn.ReLU) or (isinstance(module, Dense) and module.activation == "relu")
-            self._hooks.append(module.register_forward_hook(self._make_hook(name, relu)))
-            self._relu_hooks += relu
+        """One hook per module; a module used several times (a reused layer) names each call by
+        the use it is, in model order, so every use gets its own statistics."""
+        uses: dict[int, list[str]] = {}
+        modules: dict[int, nn.Module] = {}
+        for name in self.net.leaf_modules():
+            m = self.net.module(name)
+            uses.setdefault(id(m), []).append(name)
+            modules[id(m)] = m
+        for key, names in uses.items():
+            relu = is_relu(modules[key])
+            self._hooks.append(modules[key].register_forward_hook(self._make_hook(key, names, relu)))
+            self._act_keys += len(names) * (2 + relu)
 
-    def _make_hook(self, name: str, relu: bool):
+    def _make_hook(self, key: int, names: list[str], relu: bool):
         def hook(module, inputs, output):
             if not self._act_on or not isinstance(output, torch.Tensor):
                 return
+            k = self._calls.get(key, 0)
+            self._calls[key] = k + 1
+            name = names[k] if k < len(names) else f"{names[-1]}#{k}"
             out = output.detach().float()
             self._add(f"act_mean/{name}", out.mean())
             self._add(f"act_std/{name}", out.std() if out.numel() > 1 else out.new_zeros(()))
@@ -119,6 +126,7 @@ class StatsCollector:
 
     def activations(self, on: bool) -> None:
         self._act_on = on
+        self._calls = {}
 
     # collection ------------------------------------------------------------------------------
     def _add(self, key: str, value: torch.Tensor) -> None:
@@ -195,7 +203,7 @@ class StatsCollector:
         """How many metric keys one logging step writes (for the key budget)."""
         n = len(self.tensors)
         keys = n * (len(self.weight_stats) + len(self.grad_stats) + int(self.update_ratio)) + 3
-        keys += 2 * len(self._hooks) + self._relu_hooks  # act_mean, act_std; act_dead for ReLU outputs
+        keys += self._act_keys  # act_mean, act_std per use; act_dead for ReLU outputs
         return keys
 
     def close(self) -> None:

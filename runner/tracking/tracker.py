@@ -18,13 +18,15 @@ MAX_COLUMNS = 64
 
 
 class Tracker:
-    def __init__(self, collector: StatsCollector, sink: Any, hist_cfg: dict | None = None):
+    def __init__(self, collector: StatsCollector, sink: Any, hist_cfg: Any = None):
+        from runner.tracking.config import Histograms
+
+        hist_cfg = Histograms.of(hist_cfg, "tracking.histograms")
         self.collector = collector
         self.sink = sink
-        hist_cfg = hist_cfg or {}
         self.hist_on = collector.sample_size > 0  # 0 when tracking.histograms.enabled is false
-        self.bins = int(hist_cfg.get("bins", 40))
-        self.every_n_epochs = int(hist_cfg.get("every_n_epochs", 0) or 0)
+        self.bins = hist_cfg.bins
+        self.every_n_epochs = hist_cfg.every_n_epochs
         self.history: list[LoggedStep] = []   # metrics dropped, samples in bfloat16
         self._stride = 1                       # keep samples of every n-th logging step
         self._logged = 0

@@ -1,53 +1,72 @@
-"""The ``train`` group's schema check."""
+"""The ``train`` group's schema: every training setting, its default and what it means.
+
+Optimizer and schedule arguments are checked by building them against a dummy parameter, so a
+bad argument (a negative momentum, a zero ``step_size``) fails before anything runs.
+"""
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal, Optional
 
-from runner.errors import Problem, Problems, did_you_mean
+from pydantic import Field
+
+from runner.errors import first_line
+from runner.schema import Noun, PosFloat, PosInt, Schema, Text
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("step", "cosine", "exponential")
-LOSSES = ("auto", "mse", "l1", "cross_entropy")
-DEVICES = ("auto", "cpu", "cuda")
-POLICIES = ("skip", "abort_after", "abort")
-PROGRESS = ("auto", "bar", "quiet")
-TRAIN_KEYS = {"optimizer", "lr", "optimizer_args", "schedule", "schedule_args", "epochs", "max_steps",
-              "grad_clip", "loss", "device", "nonfinite", "progress", "resume"}
 
 
-def _choice(p: Problems, cfg: dict, key: str, choices, path: str, nullable: bool = False) -> None:
-    v = cfg.get(key)
-    if v is None and nullable:
-        return
-    if v not in choices:
-        p.add(f"{path}.{key}", f"unknown value {v!r}{did_you_mean(str(v), choices)}; choose one of {', '.join(choices)}"
-              + (" or null" if nullable else ""))
+class NonFinite(Schema):
+    """What to do when the loss or the gradients stop being finite."""
+
+    policy: Literal["skip", "abort_after", "abort"] = Field(
+        "abort_after", description="skip (skip the step, count it) | abort_after (patience in a row) | abort")
+    patience: PosInt = Field(3, description="bad steps in a row before abort_after stops")
 
 
-def check_train(cfg: Any, path: str = "train") -> list[Problem]:
-    p = Problems()
-    if not p.mapping(cfg, path, TRAIN_KEYS):
-        return p.items
-    _choice(p, cfg, "optimizer", OPTIMIZERS, path)
-    _choice(p, cfg, "schedule", SCHEDULES, path, nullable=True)
-    _choice(p, cfg, "loss", LOSSES, path)
-    _choice(p, cfg, "device", DEVICES, path)
-    _choice(p, cfg, "progress", PROGRESS, path)
-    p.number(cfg, "lr", path, integer=False)
-    p.number(cfg, "epochs", path)
-    p.number(cfg, "max_steps", path, nullable=True)
-    p.number(cfg, "grad_clip", path, integer=False, nullable=True)
-    for key in ("optimizer_args", "schedule_args"):
-        if not isinstance(cfg.get(key) or {}, dict):
-            p.add(f"{path}.{key}", "must be a mapping of argument names to values")
-    resume = cfg.get("resume")
-    if resume is not None and (not isinstance(resume, str) or not resume):
-        p.add(f"{path}.resume", f"must be null, auto, a path or an MLflow run id, got {resume!r}")
-    nf = cfg.get("nonfinite") or {}
-    if not isinstance(nf, dict):
-        p.add(f"{path}.nonfinite", "must be a mapping with policy and patience")
-    else:
-        p.unknown_keys(nf, ("policy", "patience"), f"{path}.nonfinite")
-        _choice(p, {"policy": nf.get("policy", "abort_after")}, "policy", POLICIES, f"{path}.nonfinite")
-        p.number(nf, "patience", f"{path}.nonfinite")
-    return p.items
+class TrainConfig(Schema):
+    """How to train: optimizer, schedule, length, loss, device, non-finite policy, resume."""
+
+    optimizer: Annotated[Literal["sgd", "adam", "adamw"], Noun("optimizer")] = Field("adam", description="sgd | adam | adamw")
+    lr: PosFloat = Field(0.01, description="learning rate")
+    optimizer_args: dict[str, Any] = Field(default_factory=dict, description="more torch.optim arguments, e.g. "
+                                           "{weight_decay: 1.0e-4} (sgd: {momentum: 0.9})")
+    schedule: Optional[Annotated[Literal["step", "cosine", "exponential"], Noun("schedule")]] = Field(
+        None, description="null | step | cosine | exponential")
+    schedule_args: dict[str, Any] = Field(default_factory=dict, description="step: {step_size, gamma}; "
+                                          "exponential: {gamma}; cosine: {} (over all steps)")
+    epochs: PosInt = Field(10, description="passes over the training data")
+    max_steps: Optional[PosInt] = Field(None, description="stop after this many steps, if that comes first")
+    grad_clip: Optional[PosFloat] = Field(None, description="clip the global gradient norm to this value")
+    loss: Literal["auto", "mse", "l1", "cross_entropy"] = Field(
+        "auto", description="auto: mse for regression, cross_entropy for classes and tokens")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when present")
+    nonfinite: NonFinite = Field(default_factory=NonFinite, description="non-finite loss or gradients")
+    progress: Literal["auto", "bar", "quiet"] = Field("auto", description="auto: a bar on a terminal, a line per "
+                                                      "epoch otherwise")
+    resume: Optional[Text] = Field(None, description="null | auto (newest checkpoint of this run directory) | "
+                                                     "a checkpoint or run directory | an MLflow run id")
+
+    def problems(self):
+        from runner.train.optim import make_optimizer, make_schedule
+
+        import torch
+
+        dummy = [torch.nn.Parameter(torch.zeros(1))]
+        try:
+            opt = make_optimizer(dummy, self)
+        except Exception as e:
+            yield "optimizer_args", f"{self.optimizer} refuses these arguments: {first_line(e)}"
+            return
+        try:
+            sched = make_schedule(opt, self, 10)
+            for _ in range(3):  # some arguments only fail when the schedule steps
+                opt.step()
+                if sched is not None:
+                    sched.step()
+        except Exception as e:
+            yield "schedule_args", f"the {self.schedule} schedule refuses these arguments: {first_line(e)}"
+
+
+def check_train(cfg: Any, path: str = "train") -> list:
+    return TrainConfig.parse(cfg, path)[1]

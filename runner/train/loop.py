@@ -39,12 +39,12 @@ def evaluate(net: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn, task: st
             xb, yb = x[i:i + batch].to(device), y[i:i + batch].to(device)
             out = net(xb)
             total += loss_fn(out, yb).item() * len(xb)
-            if task == "classification":
+            if task in ("classification", "lm"):
                 correct += (out.argmax(-1) == yb).sum().item()
     net.train()
     metrics = {"val/loss": total / len(x)}
-    if task == "classification":
-        metrics["val/accuracy"] = correct / len(x)
+    if task in ("classification", "lm"):
+        metrics["val/accuracy"] = correct / y.numel()
     return metrics
 
 
@@ -104,7 +104,10 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None, checkpointer: Any 
     are seeded from ``seed`` first, so the same config and seed train the same way. ``dist``
     (``runner.train.distributed.Dist``) makes this one process of a data-parallel group.
     """
-    device = pick_device(cfg.get("device", "auto"))
+    from runner.train.config import TrainConfig
+
+    cfg = TrainConfig.of(cfg, "train")
+    device = pick_device(cfg.device)
     if dist is not None and device.type == "cuda":
         device = torch.device("cuda", torch.cuda.current_device())
     net.to(device)
@@ -113,14 +116,13 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None, checkpointer: Any 
         dist.broadcast_([p.data for p in params])
     opt = make_optimizer(params, cfg)
     loss_fn = make_loss(cfg, data.task)
-    epochs = int(cfg["epochs"])
+    epochs = cfg.epochs
     total = epochs * data.batches_per_epoch
-    if cfg.get("max_steps"):
-        total = min(total, int(cfg["max_steps"]))
+    if cfg.max_steps:
+        total = min(total, cfg.max_steps)
     sched = make_schedule(opt, cfg, total)
-    nf = cfg.get("nonfinite") or {}
-    policy = NonFinitePolicy(nf.get("policy", "abort_after"), int(nf.get("patience", 3)))
-    clip = cfg.get("grad_clip")
+    policy = NonFinitePolicy(cfg.nonfinite.policy, cfg.nonfinite.patience)
+    clip = cfg.grad_clip
     finite = FiniteCheck(device)
     pos = Position()
     seed_everything(seed)
@@ -146,7 +148,7 @@ def fit(net: nn.Module, data, cfg: dict, tracker: Any = None, checkpointer: Any 
         tracker.start(device)
         if resume is not None:
             tracker.load_state(resume.get("tracker"))
-    progress = Progress(cfg.get("progress", "auto"), total)
+    progress = Progress(cfg.progress, total)
     final: dict[str, float] = dict(resume.get("final") or {}) if resume else {}
     started = time.perf_counter()
     net.train()

@@ -7,36 +7,41 @@ from torch import nn
 from runner.errors import UserError
 
 
-def make_optimizer(params, cfg: dict) -> torch.optim.Optimizer:
-    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg["optimizer"]]
-    try:
-        return cls(params, lr=cfg["lr"], **(cfg.get("optimizer_args") or {}))
-    except TypeError as e:
-        raise UserError(f"train.optimizer_args: {cfg['optimizer']} does not accept these arguments: {e}") from None
+def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
+    return cls(params, lr=cfg.lr, **cfg.optimizer_args)
 
 
-def make_schedule(opt: torch.optim.Optimizer, cfg: dict, total_steps: int):
-    name = cfg.get("schedule")
-    args = dict(cfg.get("schedule_args") or {})
+def make_schedule(opt: torch.optim.Optimizer, cfg, total_steps: int):
+    name, args = cfg.schedule, dict(cfg.schedule_args)
     if name is None:
         return None
-    try:
-        if name == "step":
-            return torch.optim.lr_scheduler.StepLR(opt, **{"step_size": max(1, total_steps // 3), **args})
-        if name == "exponential":
-            return torch.optim.lr_scheduler.ExponentialLR(opt, **{"gamma": 0.99, **args})
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, **{"T_max": max(1, total_steps), **args})
-    except TypeError as e:
-        raise UserError(f"train.schedule_args: the {name} schedule does not accept these arguments: {e}") from None
+    if name == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, **{"step_size": max(1, total_steps // 3), **args})
+    if name == "exponential":
+        return torch.optim.lr_scheduler.ExponentialLR(opt, **{"gamma": 0.99, **args})
+    return torch.optim.lr_scheduler.CosineAnnealingLR(opt, **{"T_max": max(1, total_steps), **args})
 
 
-def make_loss(cfg: dict, task: str) -> nn.Module:
-    name = cfg.get("loss", "auto")
+class TokenCrossEntropy(nn.CrossEntropyLoss):
+    """Cross-entropy over every position of (N, T, V) logits against (N, T) token ids."""
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return super().forward(logits.reshape(-1, logits.shape[-1]), target.reshape(-1))
+
+
+def make_loss(cfg, task: str) -> nn.Module:
+    name = cfg.loss
     if name == "auto":
-        name = "cross_entropy" if task == "classification" else "mse"
-    if name == "cross_entropy" and task != "classification":
+        name = "cross_entropy" if task in ("classification", "lm") else "mse"
+    if name == "cross_entropy" and task == "regression":
         raise UserError("train.loss: cross_entropy needs class labels, but the data is a regression task")
-    return {"mse": nn.MSELoss(), "l1": nn.L1Loss(), "cross_entropy": nn.CrossEntropyLoss()}[name]
+    if name != "cross_entropy" and task in ("classification", "lm"):
+        raise UserError(f"train.loss: {name} needs real-valued targets, but the data has class labels; "
+                        "use cross_entropy (or auto)")
+    if name == "cross_entropy":
+        return TokenCrossEntropy() if task == "lm" else nn.CrossEntropyLoss()
+    return {"mse": nn.MSELoss(), "l1": nn.L1Loss()}[name]
 
 
 def pick_device(name: str) -> torch.device:

@@ -44,39 +44,40 @@ def _train(prepared, dist, job: dict | None) -> float | None:
     cfg = prepared.config
     if dist is not None and not dist.is_main:  # only rank 0 writes reports, logs and checkpoints
         resume = _resume_state(cfg, run_directory(), prepared)[0]
-        result = fit(prepared.net, prepared.data, cfg["train"], resume=resume, seed=cfg.get("seed", 0), dist=dist)
+        result = fit(prepared.net, prepared.data, cfg.train, resume=resume, seed=cfg.seed, dist=dist)
         return objective(cfg, result.final)
     out = run_directory()
     write_reports(prepared, out)
-    tcfg, ccfg = cfg["tracking"], cfg.get("checkpoint") or {"enabled": False}
+    tcfg, ccfg = cfg.tracking, cfg.checkpoint
     resume, entry = _resume_state(cfg, out, prepared)
-    if cfg["train"].get("resume") and entry is None:
+    if cfg.train.resume and entry is None:
         print(f"train.resume=auto: no checkpoint in {out / 'checkpoints'}; starting fresh")
     elif entry is not None:
         print(f"resuming from {entry.path} (step {entry.step})")
     folder = entry.path.parent if entry is not None else out / "checkpoints"
 
     def checkpointer(run_id: str = ""):
-        if not ccfg.get("enabled", True):
+        if not ccfg.enabled:
             return None
         from omegaconf import OmegaConf
 
         from runner.checkpoint.checkpointer import Checkpointer
 
-        return Checkpointer(folder, ccfg, prepared.net, OmegaConf.to_yaml(OmegaConf.create(cfg)), run_id)
+        return Checkpointer(folder, ccfg, prepared.net, OmegaConf.to_yaml(OmegaConf.create(cfg.plain())), run_id)
 
-    if not tcfg.get("enabled", True):
-        result = fit(prepared.net, prepared.data, cfg["train"], checkpointer=checkpointer(), resume=resume,
-                     seed=cfg.get("seed", 0), dist=dist)
-        print(f"trained {result.steps} steps; {_fmt(result.final)} (tracking disabled)")
+    if not tcfg.enabled:
+        result = fit(prepared.net, prepared.data, cfg.train, checkpointer=checkpointer(), resume=resume,
+                     seed=cfg.seed, dist=dist)
+        write_samples(prepared, out)
+        print(f"trained {result.steps} steps; {_fmt(result.final, prepared.data)} (tracking disabled)")
         if job:
             write_status(job, "FINISHED", result.final)
         return objective(cfg, result.final)
 
     from runner.tracking.run import TrackedRun
 
-    collector = StatsCollector(prepared.net, tcfg, cfg.get("seed", 0))
-    budget = int(tcfg.get("max_keys", 1000))
+    collector = StatsCollector(prepared.net, tcfg, cfg.seed)
+    budget = tcfg.max_keys
     if collector.keys_per_step() > budget:
         raise UserError(f"tracking.max_keys: this model would log {collector.keys_per_step()} metric keys per run, "
                         f"over the budget of {budget} (the MLflow UI slows with many keys). Trim tracking.stats, "
@@ -90,21 +91,26 @@ def _train(prepared, dist, job: dict | None) -> float | None:
     with TrackedRun(cfg, out, tags, resume_run_id=resume_run, name=job["run_name"] if job else None) as run:
         run.log_artifacts()
         ckpt = checkpointer(run.run_id)
-        tracker = Tracker(collector, run.sink, tcfg.get("histograms"))
-        result = fit(prepared.net, prepared.data, cfg["train"], tracker, ckpt, resume, seed=cfg.get("seed", 0),
-                     dist=dist)
+        tracker = Tracker(collector, run.sink, tcfg.histograms)
+        baselines = prepared.data.baselines()
+        if baselines and resume is None:
+            run.sink.log(baselines, 0)
+        result = fit(prepared.net, prepared.data, cfg.train, tracker, ckpt, resume, seed=cfg.seed, dist=dist)
         tracker.finish(result.steps)
+        samples = write_samples(prepared, out)
+        if samples is not None:
+            run.sink.artifacts([str(samples)])
         registered = None
         final = ckpt and (ckpt.last or ckpt.store.latest())  # latest(): resumed with nothing left to train
-        if final and ccfg.get("register", True):
+        if final and ccfg.register_:
             from runner.checkpoint.registry import publish
 
             registered = publish(run.client, run.run_id, final, ckpt.store,
-                                 ccfg.get("registered_name") or cfg["model"].get("name", "model"),
-                                 ccfg.get("best_metric"), ccfg.get("best_mode", "min"))
+                                 ccfg.registered_name or cfg.model.get("name", "model"),
+                                 ccfg.best_metric, ccfg.best_mode)
     rep = run.sink_report
-    print(f"run {run.run_id} ({run.status}) in experiment '{tcfg.get('experiment')}': "
-          f"{result.steps} steps, {_fmt(result.final)}")
+    print(f"run {run.run_id} ({run.status}) in experiment '{tcfg.experiment}': "
+          f"{result.steps} steps, {_fmt(result.final, prepared.data)}")
     print(f"  metrics: {rep.delivered}/{rep.queued} delivered"
           + (f", training waited {rep.waited_s:.2f}s on a full queue (backlog peaked at {rep.max_backlog} items)"
              if rep.waited_s > 0.01 else "")
@@ -124,11 +130,11 @@ def _train(prepared, dist, job: dict | None) -> float | None:
 
 def _resume_state(cfg: dict, out: Path, prepared):
     """(training state, checkpoint entry) for ``train.resume``, or (None, None)."""
-    if not cfg["train"].get("resume"):
+    if not cfg.train.resume:
         return None, None
     from runner.checkpoint.checkpointer import load_checkpoint, resolve_resume
 
-    entry = resolve_resume(cfg["train"]["resume"], out, cfg["tracking"].get("uri"))
+    entry = resolve_resume(cfg.train.resume, out, cfg.tracking.uri)
     if entry is None:
         return None, None
     return load_checkpoint(entry, prepared.net), entry
@@ -136,9 +142,37 @@ def _resume_state(cfg: dict, out: Path, prepared):
 
 def objective(cfg: dict, final: dict) -> float | None:
     """The value a sweeper optimises: the final ``checkpoint.best_metric`` (default val/loss)."""
-    metric = (cfg.get("checkpoint") or {}).get("best_metric") or "val/loss"
+    metric = cfg.checkpoint.best_metric or "val/loss"
     return final.get(metric, final.get("val/loss"))
 
 
-def _fmt(metrics: dict) -> str:
-    return ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no validation data"
+def _fmt(metrics: dict, data=None) -> str:
+    text = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()) or "no validation data"
+    baselines = data.baselines() if data is not None else {}
+    return text + "".join(f" ({k.split('/')[-1].replace('_', ' ')} {v:.4g})" for k, v in baselines.items())
+
+
+def write_samples(prepared, out: Path, lines: int = 8, length: int = 160) -> Path | None:
+    """For a language model: a few lines sampled from the trained model, in ``samples.txt``."""
+    data = prepared.data
+    if data.task != "lm" or not hasattr(data, "decode"):
+        return None
+    import torch
+
+    net = prepared.net
+    device = next(net.parameters()).device
+    g = torch.Generator(device=device).manual_seed(prepared.config.seed)
+    net.eval()
+    texts = []
+    with torch.no_grad():
+        ids = data.x_val[:lines, :1].to(device) if len(data.x_val) >= lines else data.sample()[:lines, :1].to(device)
+        for _ in range(length):
+            logits = net(ids[:, -data.block_size:])[:, -1].float() / 0.8
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=g)
+            ids = torch.cat([ids, nxt], 1)
+    net.train()
+    for row in ids.cpu():
+        texts.append(data.decode(row).replace("\n", "\u23ce "))
+    path = out / "samples.txt"
+    path.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    return path

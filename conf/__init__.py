@@ -1,0 +1,1 @@
+"""The runner's Hydra configs, shipped inside the package as ``runner.conf``."""
