@@ -39,18 +39,28 @@ CASES = {
         overrides=["data.features=784", "data.classes=10", "data.samples=12800", "data.batch_size=256",
                    "data.val_fraction=0.0"],
         epochs=1),
+    "char_gpt (4 transformer blocks, d=128, tied embeddings)": dict(
+        groups={"experiment": "char_gpt"}, overrides=["data.steps_per_epoch=80", "data.val_fraction=0.0"], epochs=1),
 }
 
 
-def plain_loop(net, data, epochs: int, lr: float) -> None:
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    loss_fn = torch.nn.CrossEntropyLoss() if data.task == "classification" else torch.nn.MSELoss()
-    for epoch in range(epochs):
+def plain_loop(net, data, cfg) -> None:
+    """The same optimizer, schedule, clipping and loss as the runner's loop, and nothing else."""
+    from runner.train.optim import make_loss, make_optimizer, make_schedule
+
+    opt = make_optimizer(net.parameters(), cfg)
+    sched = make_schedule(opt, cfg, cfg.epochs * data.batches_per_epoch)
+    loss_fn = make_loss(cfg, data.task)
+    for epoch in range(cfg.epochs):
         for _, x, y in data.batches(epoch):
             loss = loss_fn(net(x), y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
             opt.step()
+            if sched is not None:
+                sched.step()
 
 
 def main() -> None:
@@ -68,14 +78,15 @@ def main() -> None:
 
     uri, client = fresh_store()
     exp = client.create_experiment("bench")
-    print(f"{'case':56} {'variant':30} {'median s':>9} {'ratio':>7}")
+    print(f"{'case':56} {'variant':30} {'median s':>9} {'ratio':>7}", flush=True)
     for case, spec in CASES.items():
         if args.cases not in case:
             continue
-        prepared = runner.prepare(runner.compose(spec["overrides"], model=spec["model"], data=spec["data"]))
+        groups = spec.get("groups") or {"model": spec["model"], "data": spec["data"]}
+        prepared = runner.prepare(runner.compose(spec["overrides"], **groups))
         data = prepared.data
         init_state = {k: v.clone() for k, v in prepared.net.state_dict().items()}
-        train_cfg = {**prepared.config["train"], "epochs": spec["epochs"], "progress": "quiet"}
+        train_cfg = prepared.config.train.model_copy(update={"epochs": spec["epochs"], "progress": "quiet"})
         steps = spec["epochs"] * data.batches_per_epoch
 
         def fresh_net():
@@ -85,16 +96,16 @@ def main() -> None:
 
         def plain() -> float:
             net = fresh_net()
-            return timed(lambda: plain_loop(net, data, spec["epochs"], train_cfg["lr"]))
+            return timed(lambda: plain_loop(net, data, train_cfg))
 
         def tracked(every: int):
             def run() -> float:
                 net = fresh_net()
-                tcfg = {**prepared.config["tracking"], "every_n_steps": every}
+                tcfg = prepared.config.tracking.model_copy(update={"every_n_steps": every})
                 run_id = client.create_run(exp).info.run_id
                 sink = MlflowSink(uri, run_id)
                 sink.wait_ready()  # as TrackedRun does before training starts
-                tracker = Tracker(StatsCollector(net, tcfg), sink, tcfg["histograms"])
+                tracker = Tracker(StatsCollector(net, tcfg), sink, tcfg.histograms)
                 t = timed(lambda: fit(net, data, train_cfg, tracker))
                 sink.close()  # delivery finishes off the clock: the loop never waited on it
                 return t
@@ -105,7 +116,7 @@ def main() -> None:
         result = interleaved(variants, args.rounds)
         base = result["plain torch loop"]
         for name, secs in result.items():
-            print(f"{case:56} {name:30} {secs:9.3f} {secs / base:6.2f}x")
+            print(f"{case:56} {name:30} {secs:9.3f} {secs / base:6.2f}x", flush=True)
         print(f"{'':56} ({steps} steps a run, {args.rounds} rounds, median)")
 
 

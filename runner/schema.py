@@ -239,6 +239,14 @@ def field_names(cls: type[Schema]) -> list[str]:
     return [info.alias or name for name, info in cls.model_fields.items()]
 
 
+def _list_element(tp: Any) -> Any:
+    """The item type of a plain ``list[...]`` field, else None."""
+    base = _bare(tp)
+    if typing.get_origin(base) is list and typing.get_args(base):
+        return typing.get_args(base)[0]
+    return None
+
+
 def _container(tp: Any) -> str | None:
     """'list' or 'dict' when the field holds its schema in a list or dict, else None."""
     inner, _ = _strip_optional(tp)
@@ -295,6 +303,9 @@ def translate(e: ValidationError, cls: type[Schema], data: Any, path: str) -> li
             out[where] = Problem(where, msg.removeprefix("Value error, ").removeprefix("Assertion failed, "))
         elif info is not None:
             tp, nullable = _strip_optional(info.annotation)
+            element = _list_element(tp)
+            if element is not None and err["type"] == "literal_error":  # a bad item of a list of choices
+                tp, nullable, value = element, False, err["input"]
             lit = _bare(tp)
             if typing.get_origin(lit) is Literal and not any(isinstance(m, Expect) for m in _metadata(tp)):
                 choices = [str(a) for a in typing.get_args(lit)]

@@ -288,7 +288,7 @@ def test_train_config_errors_are_reported_together(store, tmp_path):
     assert "tracking.every_n_steps: must be a positive integer, got None" in r.stderr
     assert "checkpoint.keep_last: must be a positive integer, got None" in r.stderr
     assert "checkpoint.keep_best: must be a non-negative integer, got -1" in r.stderr
-    assert "train.optimizer: unknown value 'adamm' (did you mean 'adam'?)" in r.stderr
+    assert "train.optimizer: unknown optimizer 'adamm' (did you mean 'adam'?)" in r.stderr
     assert "train.lr: must be a positive number, got -1" in r.stderr
     assert "tracking.stats.grads: unknown statistic 'nrom' (did you mean 'norm'?)" in r.stderr
 

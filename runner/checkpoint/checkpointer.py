@@ -27,10 +27,13 @@ RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 class Checkpointer:
     """Writes checkpoints for the training loop."""
 
-    def __init__(self, folder: Path, cfg, net, config_text: str, run_id: str = ""):
+    def __init__(self, folder: Path, cfg, net, config_text: str, run_id: str = "", write: bool = True):
+        """``write=False``: a process of a data-parallel group other than rank 0, which takes part
+        in gathering a checkpoint's tensors but writes nothing."""
         cfg = CheckpointConfig.of(cfg, "checkpoint")
         self.store = CheckpointStore(folder, cfg.keep_last, cfg.keep_best, cfg.best_metric, cfg.best_mode)
-        self.removed = self.store.clean()
+        self.write = write
+        self.removed = self.store.clean() if write else []
         self.every = cfg.every_n_steps
         self.net = net
         self.config_text = config_text
@@ -40,11 +43,15 @@ class Checkpointer:
     def due(self, step: int) -> bool:
         return bool(self.every) and step % int(self.every) == 0
 
-    def save(self, step: int, state: dict, metrics: dict[str, float]) -> Entry:
+    def save(self, step: int, state: dict, metrics: dict[str, float],
+             tensors: dict | None = None) -> Entry | None:
+        """Write an entry; ``tensors``: the whole tensors by canonical name (default: the model's)."""
+        if not self.write:
+            return None
         state = {**state, "config": self.config_text, "step": step, "run_id": self.run_id}
 
         def write(folder: Path) -> None:
-            save_weights(folder / WEIGHTS, self.net, step, self.run_id)
+            save_weights(folder / WEIGHTS, self.net, step, self.run_id, tensors)
             save_state(folder / STATE, state)
 
         self.last = self.store.save(step, write, metrics)

@@ -25,7 +25,20 @@ def rng_state() -> dict[str, Any]:
     }
 
 
-def set_rng_state(s: dict[str, Any]) -> None:
+def set_rng_state(s: dict[str, Any], rank: int = 0, world: int = 1) -> None:
+    """Restore the RNG states saved by :func:`rng_state`; a data-parallel checkpoint holds one per
+    rank (``{"ranks": [...]}``). Other ranks of a group resumed from a one-process checkpoint
+    keep their seeded streams."""
+    if "ranks" in s:
+        if len(s["ranks"]) != world:
+            import warnings
+
+            warnings.warn(f"the checkpoint was written by {len(s['ranks'])} processes, this run has {world}: "
+                          "random streams (dropout) restart from the seed", stacklevel=2)
+            return
+        s = s["ranks"][rank]
+    elif rank != 0:
+        return
     torch.set_rng_state(s["torch"])
     if s.get("cuda") and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])

@@ -37,13 +37,15 @@ def versions() -> dict[str, str]:
     return {"runner": __version__, "torch": torch.__version__, "safetensors": safetensors.__version__}
 
 
-def save_weights(path: Path, net, step: int = 0, run_id: str = "") -> None:
-    """Write ``net``'s distinct tensors (canonical names) and its tie map to ``path``."""
+def save_weights(path: Path, net, step: int = 0, run_id: str = "", tensors: dict | None = None) -> None:
+    """Write ``net``'s distinct tensors (canonical names) and its tie map to ``path``; ``tensors``
+    gives the values when they are not the model's own (gathered from shards)."""
     from safetensors.torch import save_file
 
     from runner.model.ties import tie_map
 
-    tensors = {name: p.detach().cpu().contiguous() for name, p in net.tensors().items()}
+    source = tensors if tensors is not None else net.tensors()
+    tensors = {name: p.detach().cpu().contiguous() for name, p in source.items()}
     meta = {
         "runner.format": FORMAT,
         "runner.tie_map": json.dumps(tie_map(net), sort_keys=True),

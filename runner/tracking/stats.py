@@ -47,9 +47,10 @@ class LoggedStep:
 class StatsCollector:
     """Computes the configured statistics for a network at logging steps."""
 
-    def __init__(self, net: Network, cfg, seed: int = 0):
+    def __init__(self, net: Network, cfg, seed: int = 0, strategy=None):
         cfg = TrackingConfig.of(cfg, "tracking")
         self.net = net
+        self.strategy = strategy
         self.every = cfg.every_n_steps
         self.weight_stats = tuple(cfg.stats.weights)
         self.grad_stats = tuple(cfg.stats.grads)
@@ -150,13 +151,21 @@ class StatsCollector:
                 keys = r.keys[kind] = [(f"{kind}/{name}", size) for name, size in r.sample_sizes]
             self._samples.extend(keys)
 
+    def _value(self, key: str, value) -> None:
+        """A scalar the caller has: on the device (fetched with everything else) or the host."""
+        if isinstance(value, torch.Tensor):
+            self._add(key, value.detach().float())
+        else:
+            self._host[key] = float(value)
+
     @torch.no_grad()
-    def before_step(self, grad_norm: float | None = None) -> None:
+    def before_step(self, grad_norm=None) -> None:
         """Gradient statistics; call after backward (and clipping), before ``optimizer.step()``.
         ``grad_norm``: the global gradient norm when the caller has it (clipping computes it
-        before clipping); otherwise it is computed here, from the per-tensor norms."""
+        before clipping), as a tensor or a number; otherwise it is computed here, from the
+        per-tensor norms."""
         if grad_norm is not None:
-            self._host["train/grad_norm"] = grad_norm
+            self._value("train/grad_norm", grad_norm)
         present = tuple(i for i, p in enumerate(self.tensors) if p.grad is not None)
         if present:
             r = self._reducer(present)
@@ -175,9 +184,9 @@ class StatsCollector:
             self._before = self._reducer(self._all).snapshot(self.tensors)
 
     @torch.no_grad()
-    def after_step(self, step: int, loss: float, lrs: list[float]) -> LoggedStep:
+    def after_step(self, step: int, loss, lrs: list[float]) -> LoggedStep:
         """Weight statistics and update ratios; then everything goes to the host in one copy."""
-        self._host["train/loss"] = loss
+        self._value("train/loss", loss)
         r = self._reducer(self._all)
         packed = r.pack(self.tensors)
         if self.weight_stats or self._before is not None:

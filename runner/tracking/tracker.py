@@ -41,10 +41,10 @@ class Tracker:
     def activations(self, on: bool) -> None:
         self.collector.activations(on)
 
-    def before_step(self, grad_norm: float | None) -> None:
+    def before_step(self, grad_norm=None) -> None:
         self.collector.before_step(grad_norm)
 
-    def after_step(self, step: int, loss: float, lrs: list[float]) -> None:
+    def after_step(self, step: int, loss, lrs: list[float]) -> None:
         logged = self.collector.after_step(step, loss, lrs)
         self.sink.log(logged.metrics, step)
         if self.hist_on and logged.samples is not None:

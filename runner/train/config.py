@@ -41,6 +41,14 @@ class TrainConfig(Schema):
     loss: Literal["auto", "mse", "l1", "cross_entropy"] = Field(
         "auto", description="auto: mse for regression, cross_entropy for classes and tokens")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when present")
+    strategy: Annotated[Literal["auto", "single", "ddp", "fsdp"], Noun("strategy")] = Field(
+        "auto", description="auto: ddp under torchrun, one process otherwise | single | ddp | fsdp (FSDP2)")
+    precision: Annotated[Literal["fp32", "bf16", "fp16"], Noun("precision")] = Field(
+        "fp32", description="fp32 | bf16 (autocast) | fp16 (autocast and a gradient scaler)")
+    accumulate: PosInt = Field(1, description="micro-batches per optimizer step (each of data.batch_size)")
+    compile: bool = Field(False, description="torch.compile the model (activation statistics are then unavailable)")
+    sync_batchnorm: bool = Field(True, description="under torchrun, batch norms use the statistics of the global "
+                                                   "batch")
     nonfinite: NonFinite = Field(default_factory=NonFinite, description="non-finite loss or gradients")
     progress: Literal["auto", "bar", "quiet"] = Field("auto", description="auto: a bar on a terminal, a line per "
                                                       "epoch otherwise")

@@ -8,8 +8,16 @@ from runner.errors import UserError
 
 
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
+    """The optimizer, fused when its tensors allow (fused steps skip a non-finite step on the
+    device; ``optimizer_args`` may set ``fused`` or ``foreach`` to choose otherwise)."""
     cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
-    return cls(params, lr=cfg.lr, **cfg.optimizer_args)
+    params, args = list(params), dict(cfg.optimizer_args)
+    if "fused" not in args and "foreach" not in args and not any(hasattr(p, "to_local") for p in params):
+        try:
+            return cls(params, lr=cfg.lr, fused=True, **args)
+        except (RuntimeError, ValueError):  # a device or dtype the fused kernels do not cover
+            pass
+    return cls(params, lr=cfg.lr, **args)
 
 
 def make_schedule(opt: torch.optim.Optimizer, cfg, total_steps: int):

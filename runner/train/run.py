@@ -25,36 +25,34 @@ def hydra_tags() -> dict[str, str]:
 
 def train_task(prepared, job: dict | None = None) -> float | None:
     """Train, track and checkpoint; ``job`` is the multirun job context (``runner.sweep``)."""
-    from runner.train.distributed import from_environment
+    from runner.train.optim import pick_device
+    from runner.train.strategy import from_config
 
-    dist = from_environment()
+    strategy = from_config(prepared.config.train, pick_device(prepared.config.train.device))
+    ok = False
     try:
-        return _train(prepared, dist, job)
+        value = _train(prepared, strategy, job)
+        ok = True
+        return value
     finally:  # a gloo group left to interpreter teardown can abort the process (SIGABRT)
-        if dist is not None:
-            dist.close()
+        strategy.close(ok)
 
 
-def _train(prepared, dist, job: dict | None) -> float | None:
+def _train(prepared, strategy, job: dict | None) -> float | None:
     from runner.sweep import write_status
     from runner.tracking.stats import StatsCollector
     from runner.tracking.tracker import Tracker
-    from runner.train.loop import fit
+    from runner.train.loop import READ_EVERY, fit
 
     cfg = prepared.config
-    if dist is not None and not dist.is_main:  # only rank 0 writes reports, logs and checkpoints
-        resume = _resume_state(cfg, run_directory(), prepared)[0]
-        result = fit(prepared.net, prepared.data, cfg.train, resume=resume, seed=cfg.seed, dist=dist)
-        return objective(cfg, result.final)
-    out = run_directory()
-    write_reports(prepared, out)
     tcfg, ccfg = cfg.tracking, cfg.checkpoint
+    out = run_directory()
     resume, entry = _resume_state(cfg, out, prepared)
-    if cfg.train.resume and entry is None:
-        print(f"train.resume=auto: no checkpoint in {out / 'checkpoints'}; starting fresh")
-    elif entry is not None:
-        print(f"resuming from {entry.path} (step {entry.step})")
     folder = entry.path.parent if entry is not None else out / "checkpoints"
+    if cfg.train.compile and tcfg.activations:
+        print("note: activation statistics are unavailable with train.compile (hooks inside a compiled graph are "
+              "not kept); run without it to get them")
+        tcfg = tcfg.model_copy(update={"activations": False})
 
     def checkpointer(run_id: str = ""):
         if not ccfg.enabled:
@@ -63,11 +61,26 @@ def _train(prepared, dist, job: dict | None) -> float | None:
 
         from runner.checkpoint.checkpointer import Checkpointer
 
-        return Checkpointer(folder, ccfg, prepared.net, OmegaConf.to_yaml(OmegaConf.create(cfg.plain())), run_id)
+        return Checkpointer(folder, ccfg, prepared.net, OmegaConf.to_yaml(OmegaConf.create(cfg.plain())), run_id,
+                            write=strategy.is_main)
+
+    every = tcfg.every_n_steps if tcfg.enabled else READ_EVERY
+    if not strategy.is_main:  # only rank 0 writes reports, logs and checkpoints
+        tracker = None
+        if tcfg.enabled and strategy.sharded():  # statistics of sharded tensors need every rank
+            tracker = Tracker(StatsCollector(prepared.net, tcfg, cfg.seed, strategy), NullSink(), tcfg.histograms)
+        result = fit(prepared.net, prepared.data, cfg.train, tracker, checkpointer(), resume, cfg.seed, strategy,
+                     every)
+        return objective(cfg, result.final)
+    write_reports(prepared, out)
+    if cfg.train.resume and entry is None:
+        print(f"train.resume=auto: no checkpoint in {out / 'checkpoints'}; starting fresh")
+    elif entry is not None:
+        print(f"resuming from {entry.path} (step {entry.step})")
 
     if not tcfg.enabled:
         result = fit(prepared.net, prepared.data, cfg.train, checkpointer=checkpointer(), resume=resume,
-                     seed=cfg.seed, dist=dist)
+                     seed=cfg.seed, strategy=strategy, every=every)
         write_samples(prepared, out)
         print(f"trained {result.steps} steps; {_fmt(result.final, prepared.data)} (tracking disabled)")
         if job:
@@ -76,7 +89,7 @@ def _train(prepared, dist, job: dict | None) -> float | None:
 
     from runner.tracking.run import TrackedRun
 
-    collector = StatsCollector(prepared.net, tcfg, cfg.seed)
+    collector = StatsCollector(prepared.net, tcfg, cfg.seed, strategy)
     budget = tcfg.max_keys
     if collector.keys_per_step() > budget:
         raise UserError(f"tracking.max_keys: this model would log {collector.keys_per_step()} metric keys per run, "
@@ -95,7 +108,7 @@ def _train(prepared, dist, job: dict | None) -> float | None:
         baselines = prepared.data.baselines()
         if baselines and resume is None:
             run.sink.log(baselines, 0)
-        result = fit(prepared.net, prepared.data, cfg.train, tracker, ckpt, resume, seed=cfg.seed, dist=dist)
+        result = fit(prepared.net, prepared.data, cfg.train, tracker, ckpt, resume, cfg.seed, strategy, every)
         tracker.finish(result.steps)
         samples = write_samples(prepared, out)
         if samples is not None:
@@ -128,7 +141,20 @@ def _train(prepared, dist, job: dict | None) -> float | None:
     return objective(cfg, result.final)
 
 
-def _resume_state(cfg: dict, out: Path, prepared):
+class NullSink:
+    """Where the statistics of ranks other than 0 go: nowhere (they only take part in reductions)."""
+
+    def log(self, metrics, step):
+        pass
+
+    def heatmap(self, *args):
+        pass
+
+    def flush(self):
+        pass
+
+
+def _resume_state(cfg, out: Path, prepared):
     """(training state, checkpoint entry) for ``train.resume``, or (None, None)."""
     if not cfg.train.resume:
         return None, None
@@ -140,7 +166,7 @@ def _resume_state(cfg: dict, out: Path, prepared):
     return load_checkpoint(entry, prepared.net), entry
 
 
-def objective(cfg: dict, final: dict) -> float | None:
+def objective(cfg, final: dict) -> float | None:
     """The value a sweeper optimises: the final ``checkpoint.best_metric`` (default val/loss)."""
     metric = cfg.checkpoint.best_metric or "val/loss"
     return final.get(metric, final.get("val/loss"))

@@ -1,0 +1,137 @@
+"""One optimizer step, and the per-step record the loop reads back only now and then.
+
+A step takes ``train.accumulate`` micro-batches (each this process's share of a global batch),
+runs forward and backward under the configured precision (``bf16``/``fp16`` autocast; ``fp16``
+with a gradient scaler), checks the loss and every gradient for NaN/Inf in one fused pass on the
+device, clips, and steps the optimizer. A bad step is skipped *on the device*: the fused
+optimizers take the non-finite flag as ``found_inf``, as they do under ``GradScaler``, so the
+host never waits for the device between logging steps. (With an optimizer that cannot, the flag
+is read back every step instead.)
+
+The :class:`Ledger` keeps each step's loss and flag in device buffers; the loop reads them back at
+logging steps, checkpoints and epoch ends, in one transfer, and applies the non-finite policy to
+them in step order.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """A sharded (DTensor) gradient's local shard; any other tensor itself."""
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+@dataclass
+class Ledger:
+    """Loss and non-finite flag of every step of the current epoch, on the device."""
+
+    device: torch.device
+    size: int
+    loss: torch.Tensor = field(init=False)
+    bad: torch.Tensor = field(init=False)
+    where: list[tuple[int, int, int]] = field(default_factory=list)  # (step, epoch, first batch) per slot
+    read: int = 0
+
+    def __post_init__(self):
+        self.loss = torch.zeros(self.size, device=self.device)
+        self.bad = torch.zeros(self.size, device=self.device)
+
+    def start_epoch(self) -> None:
+        self.loss.zero_()
+        self.bad.zero_()
+        self.where, self.read = [], 0
+
+    def slot(self, step: int, epoch: int, batch: int) -> int:
+        self.where.append((step, epoch, batch))
+        return len(self.where) - 1
+
+    def read_back(self, strategy) -> list[tuple[int, int, int, float, bool]]:
+        """(step, epoch, batch, loss, bad) of the steps not read yet, in one transfer; the loss is
+        the mean over processes."""
+        start, end = self.read, len(self.where)
+        if start == end:
+            return []
+        both = torch.stack([self.loss[start:end], self.bad[start:end]])
+        strategy.reduce_mean_(both[0:1]) if strategy.world > 1 else None
+        host = both.cpu().tolist()
+        self.read = end
+        return [(*self.where[start + i], host[0][i], host[1][i] > 0) for i in range(end - start)]
+
+
+class Stepper:
+    """Runs one optimizer step (see the module docstring)."""
+
+    def __init__(self, model, net, opt, sched, loss_fn, cfg, strategy, device: torch.device):
+        self.model, self.net, self.opt, self.sched, self.loss_fn = model, net, opt, sched, loss_fn
+        self.params = list(net.parameters())
+        self.strategy = strategy
+        self.device = device
+        self.clip = cfg.grad_clip
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
+        self.autocast = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype else contextlib.nullcontext
+        self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
+        self.one = torch.ones((), device=device)
+        self.device_skip = bool(opt.defaults.get("fused"))  # fused optimizers take found_inf
+
+    def run(self, group, loss_slot: torch.Tensor, bad: torch.Tensor, log: bool = False, tracker=None,
+            step: int = 0) -> bool | None:
+        """Train on ``group`` (micro-batches (x, y) of the global batch); writes the step's loss into
+        ``loss_slot`` and whether it was non-finite into ``bad`` (0-d views into the ledger).
+        On a logging step (``log``, the same on every rank) the flag is read here and the
+        ``tracker`` (rank 0's, or every rank's when statistics are sharded) takes statistics;
+        returns whether the step was good then, else None (not known on the host)."""
+        shares = [self.strategy.shard(x, y) for x, y in group]
+        total = sum(len(x) for x, _ in shares)
+        for k, (x, y) in enumerate(shares):
+            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            last = k == len(shares) - 1
+            watch = tracker is not None and k == 0
+            with self.strategy.grad_sync(self.model, last):
+                if watch:
+                    tracker.activations(True)
+                with self.autocast():
+                    loss = self.loss_fn(self.model(x), y) * (len(x) / total)
+                if watch:
+                    tracker.activations(False)
+                (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+            (loss_slot.copy_ if k == 0 else loss_slot.add_)(loss.detach().float())
+        if self.scaler is not None:
+            self.scaler.unscale_(self.opt)
+        grads = [_local(p.grad) for p in self.params if p.grad is not None]
+        torch._amp_foreach_non_finite_check_and_unscale_([*grads, loss_slot.view(1)], bad, self.one)
+        self.strategy.reduce_max_(bad.view(1))
+        norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip) if self.clip else None
+        good = None
+        if log:  # a logging step: the flag is read now anyway
+            good = not bool(bad)
+            if good and tracker is not None:
+                tracker.before_step(_full(norm))
+        if self.device_skip:
+            self.opt.found_inf, self.opt.grad_scale = bad, None
+            self.opt.step()
+            del self.opt.found_inf, self.opt.grad_scale
+        elif good or (good is None and not bool(bad)):
+            self.opt.step()
+        if self.sched is not None:
+            self.sched.step()  # the schedule follows batches consumed, skipped ones included
+        if self.scaler is not None:
+            self.scaler.update()
+        if good:
+            mean = self._mean(loss_slot)  # collective under torchrun: every rank, every logging step
+            if tracker is not None:
+                tracker.after_step(step, mean, [g["lr"] for g in self.opt.param_groups])
+        self.opt.zero_grad(set_to_none=True)
+        return good
+
+    def _mean(self, t: torch.Tensor) -> torch.Tensor:
+        return self.strategy.reduce_mean_(t.detach().clone()) if self.strategy.world > 1 else t
+
+
+def _full(t):
+    if t is None:
+        return None
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
