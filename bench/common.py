@@ -1,6 +1,10 @@
 """Helpers shared by the benchmarks: a fresh migrated MLflow store and interleaved timing."""
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+
 import statistics
 import tempfile
 import time

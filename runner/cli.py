@@ -54,11 +54,11 @@ def _app(cfg: DictConfig):
 
 
 def quiet_library_logs() -> None:
-    """Keep MLflow's and matplotlib's INFO chatter out of the run's output."""
+    """Keep MLflow's INFO chatter out of the run's output."""
     import logging
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
-    for name in ("mlflow", "matplotlib", "alembic"):
+    for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -53,12 +53,12 @@ def test_short_run_logs_every_stat_for_every_parameter_at_the_expected_steps(sto
     assert run.data.tags["runner.init"] == "d2l_normal"
     assert "train.epochs=2" in run.data.tags["runner.overrides"]
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
-    assert {"summary.txt", "init_report.json", "tie_map.json", "config.yaml", "hydra", "images"} <= artifacts
+    assert {"summary.txt", "init_report.json", "tie_map.json", "config.yaml", "hydra", "heatmaps"} <= artifacts
+    assert "images" not in artifacts and "mlflow.loggedImages" not in run.data.tags  # no image cards in the charts
     assert {a.path for a in c.list_artifacts(run.info.run_id, "hydra")} >= {"hydra/config.yaml", "hydra/overrides.yaml"}
-    images = [a.path for a in c.list_artifacts(run.info.run_id, "images") if a.path.endswith(".png")]
-    for p in ("hidden.weight", "output.bias"):
-        assert any(f"hist_weight~{p}+step+{total}" in i for i in images), images
-        assert any(f"hist_grad~{p}+step+{total}" in i for i in images)
+    for kind in ("weight", "grad"):
+        maps = {a.path for a in c.list_artifacts(run.info.run_id, f"heatmaps/{kind}")}
+        assert {f"heatmaps/{kind}/{p}.png" for p in ("hidden.weight", "hidden.bias", "output.weight", "output.bias")} == maps
     # the closing message says where the run is and how to look at it
     assert f"run {run.info.run_id} (FINISHED)" in r.stdout
     assert f"mlflow ui --backend-store-uri '{store.uri}' --host 127.0.0.1" in r.stdout
@@ -269,11 +269,11 @@ def test_heat_map_history_stays_bounded_and_spans_the_whole_run():
         tracker.after_step(step, 0.0, [0.1])
         assert len(tracker.history) < 2 * MAX_COLUMNS
     tracker.finish(steps)
-    kept, series = sink.maps["hist_weight/hidden.weight"]
+    kept, series = sink.maps["weight/hidden.weight"]
     assert len(kept) >= MAX_COLUMNS and kept == sorted(kept)
     assert kept[0] <= 8 and kept[-1] >= steps - 8  # from the start to the end of the run
     b = net.param("hidden.bias").detach()  # 4 values, fewer than the 8 sampled: all of them, in order
-    assert torch.equal(torch.as_tensor(sink.maps["hist_weight/hidden.bias"][1][-1]), b.to(torch.bfloat16).float())
+    assert torch.equal(torch.as_tensor(sink.maps["weight/hidden.bias"][1][-1]), b.to(torch.bfloat16).float())
 
 
 def test_key_budget_is_enforced(store, tmp_path):

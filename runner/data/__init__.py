@@ -117,6 +117,28 @@ class TextData(DataConfig):
 KINDS: dict[str, type[DataConfig]] = {c.kind_name: c for c in (UniformRegressionData, ClassificationData, DigitsData, FileData, TextData)}
 
 
+def digits() -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn's bundled 8x8 digits as (images in [0, 1], labels), read from the file
+    scikit-learn ships (importing scikit-learn itself takes seconds)."""
+    import gzip
+    import importlib.util
+    from pathlib import Path
+
+    import numpy as np
+
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / "digits.csv.gz" if spec else None
+    if path is None or not path.is_file():
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        return torch.tensor(d.images, dtype=torch.float32) / 16.0, torch.tensor(d.target, dtype=torch.long)
+    with gzip.open(path) as f:
+        table = np.loadtxt(f, delimiter=",")
+    return (torch.tensor(table[:, :-1].reshape(-1, 8, 8), dtype=torch.float32) / 16.0,
+            torch.tensor(table[:, -1], dtype=torch.long))
+
+
 def parse_data(cfg: Any, path: str = "data") -> tuple[DataConfig | None, list[Problem]]:
     if isinstance(cfg, DataConfig):
         return cfg, []
@@ -158,11 +180,7 @@ def load_data(cfg: Any, seed: int = 0) -> Dataset:
         x = centers[y] + data.spread * torch.randn(n, f, generator=g)
         task, num_classes = "classification", c
     elif isinstance(data, DigitsData):
-        from sklearn.datasets import load_digits
-
-        d = load_digits()
-        x = torch.tensor(d.images, dtype=torch.float32) / 16.0
-        y = torch.tensor(d.target, dtype=torch.long)
+        x, y = digits()
         task, num_classes = "classification", 10
     else:
         from runner.data.files import read_file

@@ -143,3 +143,64 @@ class Reducer:
         one gather for all the small tensors, one per large tensor."""
         out = [packed[self.pick]] if self.pick is not None else []
         return out + [_flat(tensors[i])[self.sample_index[i]] for i in self.large]
+
+
+def _local(t: torch.Tensor) -> torch.Tensor:
+    return t.to_local() if hasattr(t, "to_local") else t
+
+
+class ShardedReducer:
+    """The :class:`Reducer` interface for tensors sharded across processes (FSDP2): each process
+    reduces its own shard and a handful of all-reduces combine them, so no full tensor is ever
+    gathered. Every process must call it at the same steps. Results come in input ``order``."""
+
+    def __init__(self, names: list[str], tensors: list[torch.Tensor], strategy, device,
+                 sample_index: list[torch.Tensor] | None = None):
+        self.strategy = strategy
+        self.order = list(range(len(names)))
+        self.names = list(names)
+        self.keys: dict = {}
+        numels = [t.numel() for t in tensors]  # the whole tensors' sizes
+        self.n = torch.tensor([float(n) for n in numels], device=device)
+        self.dof = (self.n - 1).clamp_min(1)
+        local = [_local(t).numel() for t in tensors]
+        offsets = strategy.gather(local)  # flat offset of each rank's shard: shards are row blocks
+        start = [sum(r[i] for r in offsets[:strategy.rank]) for i in range(len(tensors))]
+        self.sample_sizes: list[tuple[str, int]] = []
+        self.sample_local: list[torch.Tensor] | None = None
+        if sample_index is not None:
+            self.sample_sizes = [(n, len(ix)) for n, ix in zip(names, sample_index)]
+            self.sample_local = [(ix[(ix >= s) & (ix < s + m)] - s).to(device)
+                                 for ix, s, m in zip(sample_index, start, local)]
+
+    def pack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        return self.n.new_zeros(0)
+
+    def moments(self, tensors: list[torch.Tensor], packed: torch.Tensor, extremes: bool) -> Moments:
+        import torch.distributed as dist
+
+        flats = [_flat(_local(t)) for t in tensors]
+        sums = self.strategy.reduce_sum_(torch.stack([f.sum() for f in flats]))
+        mean = sums / self.n
+        ss = self.strategy.reduce_sum_(torch.stack([(f - m).square().sum() for f, m in zip(flats, mean)]))
+        lo = hi = None
+        if extremes:
+            inf = torch.tensor(float("inf"), device=self.n.device)
+            lo = torch.stack([f.min() if f.numel() else inf for f in flats])
+            hi = torch.stack([f.max() if f.numel() else -inf for f in flats])
+            dist.all_reduce(lo, op=dist.ReduceOp.MIN)
+            dist.all_reduce(hi, op=dist.ReduceOp.MAX)
+        return Moments(self, mean, ss, lo, hi)
+
+    def snapshot(self, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.n.new_zeros(0), [_flat(_local(t)).clone() for t in tensors]
+
+    def distance(self, tensors, packed, before) -> torch.Tensor:
+        d = torch.stack([(_flat(_local(t)) - b).square().sum() for t, b in zip(tensors, before[1])])
+        return self.strategy.reduce_sum_(d).sqrt()
+
+    def samples(self, tensors: list[torch.Tensor], packed: torch.Tensor) -> list[torch.Tensor]:
+        """Each tensor's sampled values in order: every rank contributes those in its shard."""
+        mine = [_flat(_local(t))[ix].cpu() for t, ix in zip(tensors, self.sample_local)]
+        every = self.strategy.gather(mine)
+        return [torch.cat([rank[i] for rank in every]).to(self.n.device) for i in range(len(tensors))]

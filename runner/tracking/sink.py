@@ -53,19 +53,18 @@ class SinkReport:
 class MlflowSink:
     """The training side of the writer: cheap, non-blocking (unless the queue is full) calls.
 
-    The writer is a plain subprocess (``python -m runner.tracking.sink``) fed pickled items over
-    its stdin by a feeder thread, so it works the same under any launcher (Hydra's joblib/loky
-    workers, submitit, torchrun) and never re-imports the caller's ``__main__``.
+    The writer is a child process forked from this one (so it starts with MLflow already
+    imported: no second start-up), fed pickled items over a pipe by a feeder thread; it works the
+    same under any launcher (Hydra's joblib/loky workers, submitit, torchrun) and never runs the
+    caller's ``__main__``. Where ``fork`` is missing it is a fresh ``python -m
+    runner.tracking.sink`` instead.
     """
 
     def __init__(self, uri: str, run_id: str, queue_size: int = 10_000, skip_upto: dict[str, int] | None = None,
                  spool_file: str | None = None, drain_seconds: float = 120):
         self.report = SinkReport()
         self._q: queue.Queue = queue.Queue(maxsize=queue_size)
-        env = {**os.environ, "MLFLOW_LOGGING_LEVEL": os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING")}
-        self._proc = subprocess.Popen([sys.executable, "-m", "runner.tracking.sink", uri, run_id, spool_file or "",
-                                       str(drain_seconds)],
-                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+        self._proc = start_writer(uri, run_id, spool_file, drain_seconds)
         self._closed = False
         self._ready = False
         self._dead = False
@@ -137,7 +136,8 @@ class MlflowSink:
         self._put(("metrics", step, int(time.time() * 1000), metrics))
 
     def heatmap(self, key: str, title: str, steps: list[int], series: list[list[float]], bins: int, step: int) -> None:
-        """Render a histogram heat map in the writer and log it as image ``key`` at ``step``."""
+        """Render a histogram heat map in the writer and log it as artifact ``heatmaps/<key>.png``
+        (replaced at each render: the newest covers the whole run so far)."""
         self._put(("heatmap", key, title, steps, series, bins, step))
 
     def artifacts(self, files: list[str], dirs: dict[str, str] | None = None) -> None:
@@ -278,9 +278,8 @@ class _Writer:
     def heatmap(self, key, title, steps, series, bins, step) -> None:
         from runner.tracking.images import heatmap
 
-        def log() -> None:
-            self.client.log_image(self.run_id, heatmap(title, steps, series, bins), key=key, step=step,
-                                  synchronous=True)
+        def log() -> None:  # an artifact, not a step image: no card per tensor in the run's charts
+            self.client.log_image(self.run_id, heatmap(title, steps, series, bins), artifact_file=f"heatmaps/{key}.png")
         if self.guard(log):
             self.images += 1
 
@@ -306,8 +305,79 @@ class _Writer:
 RETRY_SECONDS = 2.0
 
 
-def _writer_main(uri: str, run_id: str, spool_file: str | None = None, drain_seconds: float = 120) -> None:
-    """The writer process: read pickled items from stdin, write them in large batches."""
+class ForkedWriter:
+    """The writer as a forked child: ``stdin``/``stdout`` pipes, ``wait``, ``kill`` (as Popen)."""
+
+    def __init__(self, uri: str, run_id: str, spool_file: str | None, drain_seconds: float):
+        down_r, down_w = os.pipe()
+        up_r, up_w = os.pipe()
+        self.pid = os.fork()
+        if self.pid == 0:  # the child: deliver, then leave without the parent's exit handlers
+            code = 1
+            try:
+                os.close(down_w)
+                os.close(up_r)
+                _after_fork_in_child()
+                _writer_main(uri, run_id, spool_file, drain_seconds, os.fdopen(down_r, "rb"),
+                             os.fdopen(up_w, "w"))
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(down_r)
+        os.close(up_w)
+        self.stdin = os.fdopen(down_w, "wb")
+        self.stdout = os.fdopen(up_r, "rb")
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired("writer", timeout)
+            time.sleep(0.02)
+        return self.returncode  # type: ignore[return-value]
+
+    def kill(self) -> None:
+        if self.poll() is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _after_fork_in_child() -> None:
+    """The child must not use the parent's database connections: make MLflow's cached engines
+    open their own (SQLAlchemy's rule for forked processes)."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        for engine in list(SqlAlchemyStore._engine_map.values()):
+            engine.dispose(close=False)
+    except Exception:  # MLflow not imported yet, or another store kind: nothing inherited
+        pass
+
+
+def start_writer(uri: str, run_id: str, spool_file: str | None, drain_seconds: float):
+    if hasattr(os, "fork"):
+        return ForkedWriter(uri, run_id, spool_file, drain_seconds)
+    env = {**os.environ, "MLFLOW_LOGGING_LEVEL": os.environ.get("MLFLOW_LOGGING_LEVEL", "WARNING")}
+    return subprocess.Popen([sys.executable, "-m", "runner.tracking.sink", uri, run_id, spool_file or "",
+                             str(drain_seconds)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+
+
+def _writer_main(uri: str, run_id: str, spool_file: str | None = None, drain_seconds: float = 120,
+                 inp=None, out=None) -> None:
+    """The writer process: read pickled items from ``inp`` (stdin), write them in large batches;
+    report on ``out`` (stdout)."""
+    inp = inp or sys.stdin.buffer
+    out = out or sys.stdout
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
@@ -321,7 +391,7 @@ def _writer_main(uri: str, run_id: str, spool_file: str | None = None, drain_sec
     inbox: queue.Queue = queue.Queue()
 
     def read() -> None:  # stdin closes when the trainer exits, whatever the way: stop then
-        stdin = sys.stdin.buffer
+        stdin = inp
         while True:
             try:
                 items = pickle.load(stdin)
@@ -337,7 +407,7 @@ def _writer_main(uri: str, run_id: str, spool_file: str | None = None, drain_sec
     client = MlflowClient(uri)
     client.get_run(run_id)  # open the store now
     writer = _Writer(client, run_id, spool_file, drain_seconds)
-    print("ready", flush=True)
+    print("ready", file=out, flush=True)
     pending: list = []
     waiting = 0          # metric values in ``pending``
     since = 0.0          # when the oldest pending item arrived
@@ -364,7 +434,7 @@ def _writer_main(uri: str, run_id: str, spool_file: str | None = None, drain_sec
             writer.handle(pending)
             pending, waiting = [], 0
     print(json.dumps({"delivered": writer.delivered, "images": writer.images, "errors": writer.errors,
-                      "outages": writer.outages, "finished_at": time.time()}), flush=True)
+                      "outages": writer.outages, "finished_at": time.time()}), file=out, flush=True)
 
 
 if __name__ == "__main__":

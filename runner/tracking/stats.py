@@ -21,7 +21,7 @@ from torch import nn
 from runner.model.layers import is_relu
 from runner.model.network import Network
 from runner.tracking.config import TrackingConfig
-from runner.tracking.reduce import Reducer
+from runner.tracking.reduce import Reducer, ShardedReducer, _local
 
 EXTREMES = {"min", "max", "maxabs"}
 
@@ -85,14 +85,22 @@ class StatsCollector:
         return step % self.every == 0 or step == 1
 
     def to(self, device: torch.device) -> None:
-        self._reducers = {}  # rebuilt on the parameters' device at the next logging step
+        """Training is about to start: take the parameters as placed (FSDP replaces them with
+        sharded ones); reducers are rebuilt on their device at the next logging step."""
+        params = self.net.params()
+        self.tensors = [params[n] for n in self.names]
+        self._reducers = {}
 
     def _reducer(self, present: tuple[int, ...]) -> Reducer:
         r = self._reducers.get(present)
         if r is None:
-            r = Reducer([self.names[i] for i in present], [self.tensors[i].numel() for i in present],
-                        self.tensors[present[0]].device,
-                        [self.sample_idx[i] for i in present] if self.sample_idx else None)
+            names = [self.names[i] for i in present]
+            samples = [self.sample_idx[i] for i in present] if self.sample_idx else None
+            device = _local(self.tensors[present[0]]).device
+            if self.strategy is not None and self.strategy.sharded():
+                r = ShardedReducer(names, [self.tensors[i] for i in present], self.strategy, device, samples)
+            else:
+                r = Reducer(names, [self.tensors[i].numel() for i in present], device, samples)
             self._reducers[present] = r
         return r
 

@@ -96,5 +96,4 @@ class Tracker:
                 steps.append(logged.step)
                 series.append(values.float().numpy())
         for key, (steps, series) in by_key.items():
-            kind, name = key.split("/", 1)
-            self.sink.heatmap(f"hist_{kind}/{name}", key, steps, series, self.bins, step)
+            self.sink.heatmap(key, f"{key}  (step {step})", steps, series, self.bins, step)

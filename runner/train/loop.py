@@ -206,6 +206,7 @@ def fit(net: nn.Module, data, cfg: Any, tracker: Any = None, checkpointer: Any =
                     save({})
             catch_up()
             val = evaluate(net, data.x_val, data.y_val, loss_fn, data.task, device)
+            strategy.after_eval(net)
             final = {"train/epoch_loss": pos.loss_sum / max(pos.seen, 1), **val}
             rate = (pos.seen - seen_before) * data.batch_size * n / max(time.perf_counter() - epoch_start, 1e-9)
             if tracker is not None:

@@ -86,6 +86,9 @@ class Strategy:
         """Whether parameters are sharded (statistics then reduce across processes)."""
         return False
 
+    def after_eval(self, net) -> None:
+        """After a forward pass without backward (validation)."""
+
     def close(self, ok: bool = True) -> None:
         pass
 
@@ -180,6 +183,11 @@ class FSDP(_Group):
 
     def sharded(self) -> bool:
         return True
+
+    def after_eval(self, net) -> None:
+        # the root unit stays unsharded after a forward pass that no backward follows: shard it
+        # again, so the parameters are the sharded ones the optimizer holds
+        net.reshard()
 
     def _options(self, **kw):
         from torch.distributed.checkpoint.state_dict import StateDictOptions
