@@ -50,10 +50,10 @@ def test_no_host_reads_between_logging_steps(monkeypatch):
     run, read_back = step_module.Stepper.run, step_module.Ledger.read_back
     read_steps = []
 
-    def run_step(self, group, loss, bad, log=False, tracker=None, step=0):
+    def run_step(self, group, ledger, i, log=False, tracker=None, step=0):
         where.update(step=step, log=log, inside=True)
         try:
-            return run(self, group, loss, bad, log, tracker, step)
+            return run(self, group, ledger, i, log, tracker, step)
         finally:
             where["inside"] = False
 

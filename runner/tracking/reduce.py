@@ -12,28 +12,31 @@ next to its spread), the min and the max.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 SMALL = 1024  # tensors with at most this many elements share the packed buffer
 
 
 class Moments:
-    """Per-tensor moments, as vectors in the reducer's ``order``."""
+    """Per-tensor moments, as vectors in the reducer's ``order``: torch tensors on the device, or
+    numpy arrays when the reducer works on the host (CPU training)."""
 
-    def __init__(self, r: "Reducer", mean: torch.Tensor, ss: torch.Tensor,
-                 lo: torch.Tensor | None, hi: torch.Tensor | None):
+    def __init__(self, r, mean, ss, lo, hi):
         self.r = r
         self.mean = mean
         self.ss = ss        # sum of squared deviations from the mean
         self.lo = lo        # min and max: None when no statistic needs them
         self.hi = hi
-        self._norm: torch.Tensor | None = None
+        self._norm = None
+        self.xp = np if isinstance(mean, np.ndarray) else torch
 
-    def stat(self, name: str) -> torch.Tensor:
+    def stat(self, name: str):
+        xp = self.xp
         if name == "mean":
             return self.mean
         if name == "std":  # unbiased, as torch.std; 0 for a single element
-            return (self.ss / self.r.dof).sqrt()
+            return xp.sqrt(self.ss / self.r.dof_of(xp))
         if name == "norm":
             return self.norm()
         if name == "min":
@@ -41,42 +44,58 @@ class Moments:
         if name == "max":
             return self.hi
         if name == "maxabs":
-            return torch.maximum(self.hi, -self.lo)
+            return xp.maximum(self.hi, -self.lo)
         raise ValueError(f"unknown statistic {name!r}")
 
-    def norm(self) -> torch.Tensor:
+    def norm(self):
         if self._norm is None:
-            self._norm = (self.ss + self.r.n * self.mean.square()).sqrt()
+            self._norm = self.xp.sqrt(self.ss + self.r.n_of(self.xp) * self.mean * self.mean)
         return self._norm
 
 
 def _flat(t: torch.Tensor) -> torch.Tensor:
     """``t`` as a flat float32 vector (callers run under ``torch.no_grad()``)."""
-    t = t.reshape(-1)
+    if t.dim() != 1:
+        t = t.reshape(-1)
     return t if t.dtype == torch.float32 else t.float()
 
 
-def _join(parts: list[torch.Tensor]) -> torch.Tensor:
-    return parts[0] if len(parts) == 1 else torch.cat(parts)
+def _join(parts: list):
+    if len(parts) == 1:
+        return parts[0]
+    return np.concatenate(parts) if isinstance(parts[0], np.ndarray) else torch.cat(parts)
 
 
 class Reducer:
     """Reduces a fixed list of tensor sizes. Results come in ``order``: the small tensors (in
-    input order), then the large ones."""
+    input order), then the large ones.
+
+    On the CPU the results are numpy arrays: the small tensors' packed buffer is viewed as an
+    array (no copy) and reduced per segment with numpy's ``reduceat``, a handful of calls that
+    each cost less than one torch operator's dispatch; the large tensors are reduced by torch and
+    their few results viewed the same way. On a GPU everything stays on the device, in torch.
+    """
 
     def __init__(self, names: list[str], numels: list[int], device: torch.device | str = "cpu",
                  sample_index: list[torch.Tensor] | None = None):
+        device = torch.device(device)
+        self.host = device.type == "cpu"
         self.small = [i for i, n in enumerate(numels) if n <= SMALL]
         self.large = [i for i, n in enumerate(numels) if n > SMALL]
         self.order = self.small + self.large
         self.names = [names[i] for i in self.order]
         self.keys: dict = {}  # metric keys built once per (prefix, statistics), for the caller
-        sizes = torch.tensor([numels[i] for i in self.small], dtype=torch.long)
-        offsets = [0, *torch.cumsum(sizes, 0).tolist()]
-        self.ids = torch.repeat_interleave(torch.arange(len(self.small)), sizes).to(device)
+        sizes = [numels[i] for i in self.small]
+        offsets = [0, *np.cumsum(sizes, dtype=np.int64).tolist()]
+        self.starts = np.asarray(offsets[:-1], dtype=np.int64)
+        self.sizes = np.asarray(sizes, dtype=np.int64)
+        self.ids = torch.repeat_interleave(torch.arange(len(self.small)),
+                                           torch.tensor(sizes, dtype=torch.long)).to(device)
         self.n = torch.tensor([float(numels[i]) for i in self.order], device=device)
         self.n_small = self.n[: len(self.small)]
         self.dof = (self.n - 1).clamp_min(1)
+        self._n_np = np.asarray([float(numels[i]) for i in self.order])
+        self._dof_np = np.maximum(self._n_np - 1, 1)
         # histogram samples: flat positions per tensor; the small ones as one gather from the pack
         self.sample_index = [ix.to(device) for ix in sample_index] if sample_index is not None else None
         self.sample_sizes: list[tuple[int, int]] = []
@@ -84,7 +103,14 @@ class Reducer:
         if sample_index is not None:
             if self.small:
                 self.pick = torch.cat([sample_index[i] + offsets[j] for j, i in enumerate(self.small)]).to(device)
+                self._pick_np = self.pick.cpu().numpy()
             self.sample_sizes = [(names[i], len(sample_index[i])) for i in self.order]
+
+    def n_of(self, xp):
+        return self._n_np if xp is np else self.n
+
+    def dof_of(self, xp):
+        return self._dof_np if xp is np else self.dof
 
     def pack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         """The small tensors, flattened into one new buffer (also a snapshot of their values)."""
@@ -96,14 +122,24 @@ class Reducer:
         """Mean and centred sum of squares of every tensor; min and max too if ``extremes``."""
         means, sss, los, his = [], [], [], []
         if self.small:
-            k = len(self.small)
-            mean = packed.new_zeros(k).index_add_(0, self.ids, packed) / self.n_small
-            dev = packed - mean[self.ids]
-            means.append(mean)
-            sss.append(packed.new_zeros(k).index_add_(0, self.ids, dev * dev))
-            if extremes:
-                los.append(packed.new_empty(k).scatter_reduce_(0, self.ids, packed, "amin", include_self=False))
-                his.append(packed.new_empty(k).scatter_reduce_(0, self.ids, packed, "amax", include_self=False))
+            if self.host:
+                a = packed.numpy().astype(np.float64)
+                mean = np.add.reduceat(a, self.starts) / self.sizes
+                dev = a - np.repeat(mean, self.sizes)
+                means.append(mean)
+                sss.append(np.add.reduceat(dev * dev, self.starts))
+                if extremes:
+                    los.append(np.minimum.reduceat(a, self.starts))
+                    his.append(np.maximum.reduceat(a, self.starts))
+            else:
+                k = len(self.small)
+                mean = packed.new_zeros(k).index_add_(0, self.ids, packed) / self.n_small
+                dev = packed - mean[self.ids]
+                means.append(mean)
+                sss.append(packed.new_zeros(k).index_add_(0, self.ids, dev * dev))
+                if extremes:
+                    los.append(packed.new_empty(k).scatter_reduce_(0, self.ids, packed, "amin", include_self=False))
+                    his.append(packed.new_empty(k).scatter_reduce_(0, self.ids, packed, "amax", include_self=False))
         if self.large:
             cols: list[list[torch.Tensor]] = [[], [], [], []]
             for i in self.large:
@@ -115,32 +151,37 @@ class Reducer:
                     lo, hi = torch.aminmax(t)
                     cols[2].append(lo)
                     cols[3].append(hi)
-            means.append(torch.stack(cols[0]))
-            sss.append(torch.stack(cols[1]))
-            if extremes:
-                los.append(torch.stack(cols[2]))
-                his.append(torch.stack(cols[3]))
+            for out, col in zip((means, sss, los, his), cols if extremes else cols[:2]):
+                v = torch.stack(col)
+                out.append(v.double().numpy() if self.host else v)
         return Moments(self, _join(means), _join(sss), _join(los) if extremes else None,
                        _join(his) if extremes else None)
 
-    def distance(self, tensors: list[torch.Tensor], packed: torch.Tensor, before: tuple[torch.Tensor, list]) -> torch.Tensor:
+    def distance(self, tensors: list[torch.Tensor], packed: torch.Tensor, before: tuple):
         """Per-tensor L2 distance to a ``snapshot`` taken earlier, in ``order``."""
         packed_before, large_before = before
         parts = []
         if self.small:
-            d = packed - packed_before
-            parts.append(packed.new_zeros(len(self.small)).index_add_(0, self.ids, d * d).sqrt())
+            if self.host:
+                d = packed.numpy().astype(np.float64) - packed_before.numpy()
+                parts.append(np.sqrt(np.add.reduceat(d * d, self.starts)))
+            else:
+                d = packed - packed_before
+                parts.append(packed.new_zeros(len(self.small)).index_add_(0, self.ids, d * d).sqrt())
         if self.large:
-            parts.append(torch.stack([torch.linalg.vector_norm(_flat(tensors[i]) - b)
-                                      for i, b in zip(self.large, large_before)]))
+            v = torch.stack([torch.linalg.vector_norm(_flat(tensors[i]) - b) for i, b in zip(self.large, large_before)])
+            parts.append(v.double().numpy() if self.host else v)
         return _join(parts)
 
     def snapshot(self, tensors: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self.pack(tensors), [_flat(tensors[i]).clone() for i in self.large]
 
-    def samples(self, tensors: list[torch.Tensor], packed: torch.Tensor) -> list[torch.Tensor]:
+    def samples(self, tensors: list[torch.Tensor], packed: torch.Tensor) -> list:
         """Each tensor's sampled values, concatenated in ``order`` (``sample_sizes``: name, size):
         one gather for all the small tensors, one per large tensor."""
+        if self.host:
+            out = [packed.numpy()[self._pick_np]] if self.pick is not None else []
+            return out + [_flat(tensors[i])[self.sample_index[i]].numpy() for i in self.large]
         out = [packed[self.pick]] if self.pick is not None else []
         return out + [_flat(tensors[i])[self.sample_index[i]] for i in self.large]
 
@@ -172,6 +213,12 @@ class ShardedReducer:
             self.sample_sizes = [(n, len(ix)) for n, ix in zip(names, sample_index)]
             self.sample_local = [(ix[(ix >= s) & (ix < s + m)] - s).to(device)
                                  for ix, s, m in zip(sample_index, start, local)]
+
+    def n_of(self, xp):
+        return self.n
+
+    def dof_of(self, xp):
+        return self.dof
 
     def pack(self, tensors: list[torch.Tensor]) -> torch.Tensor:
         return self.n.new_zeros(0)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -44,6 +45,21 @@ class LoggedStep:
         return out
 
 
+def to_host(parts: list, dtype=np.float64) -> np.ndarray:
+    """One flat host array of ``parts`` (numpy arrays, and device tensors fetched in one copy)."""
+    tensors = [p.reshape(-1).float() for p in parts if isinstance(p, torch.Tensor)]
+    fetched = torch.cat(tensors).cpu().numpy() if tensors else None
+    out, at = [], 0
+    for p in parts:
+        if isinstance(p, torch.Tensor):
+            n = p.numel()
+            out.append(fetched[at:at + n])
+            at += n
+        else:
+            out.append(np.asarray(p).reshape(-1))
+    return np.concatenate(out).astype(dtype, copy=False) if out else np.zeros(0, dtype)
+
+
 class StatsCollector:
     """Computes the configured statistics for a network at logging steps."""
 
@@ -57,6 +73,7 @@ class StatsCollector:
         self.update_ratio = cfg.stats.update_ratio
         params = net.params()
         self.names, self.tensors = list(params), list(params.values())
+        self.flat = self.tensors
         self._all = tuple(range(len(self.tensors)))
         self.sample_size = cfg.histograms.sample if cfg.histograms.enabled else 0
         g = torch.Generator().manual_seed(seed)
@@ -89,6 +106,9 @@ class StatsCollector:
         sharded ones); reducers are rebuilt on their device at the next logging step."""
         params = self.net.params()
         self.tensors = [params[n] for n in self.names]
+        # flat float32 views of the parameters, made once: they follow the in-place updates
+        self.flat = [t.detach().view(-1) if t.is_contiguous() and t.dtype == torch.float32 and not hasattr(t, "to_local")
+                     else t for t in self.tensors]
         self._reducers = {}
 
     def _reducer(self, present: tuple[int, ...]) -> Reducer:
@@ -149,7 +169,8 @@ class StatsCollector:
         if keys is None:
             keys = r.keys[(prefix, which)] = [f"{prefix}{s}/{n}" for s in which for n in r.names]
         self._keys.extend(keys)
-        self._pending.append(torch.stack(values).reshape(-1) if len(values) > 1 else values[0])
+        stack = np.stack if isinstance(values[0], np.ndarray) else torch.stack
+        self._pending.append(stack(values).reshape(-1) if len(values) > 1 else values[0])
 
     def _add_samples(self, kind: str, r: Reducer, tensors: list[torch.Tensor], packed: torch.Tensor) -> None:
         if self.sample_size:
@@ -184,35 +205,40 @@ class StatsCollector:
                 if self.grad_stats:
                     self._add_block("grad_", self.grad_stats, [m.stat(s) for s in self.grad_stats], r)
                 if grad_norm is None:
-                    self._add("train/grad_norm", m.norm().square().sum().sqrt())
+                    norm = m.norm()
+                    total = (norm * norm).sum() ** 0.5
+                    self._keys.append("train/grad_norm")
+                    self._pending.append(total.reshape(1))
             self._add_samples("grad", r, grads, packed)
         elif grad_norm is None:
             self._host["train/grad_norm"] = 0.0
         if self.update_ratio:
-            self._before = self._reducer(self._all).snapshot(self.tensors)
+            self._before = self._reducer(self._all).snapshot(self.flat)
 
     @torch.no_grad()
     def after_step(self, step: int, loss, lrs: list[float]) -> LoggedStep:
         """Weight statistics and update ratios; then everything goes to the host in one copy."""
         self._value("train/loss", loss)
         r = self._reducer(self._all)
-        packed = r.pack(self.tensors)
+        packed = r.pack(self.flat)
         if self.weight_stats or self._before is not None:
-            m = r.moments(self.tensors, packed, extremes=bool(EXTREMES & set(self.weight_stats)))
+            m = r.moments(self.flat, packed, extremes=bool(EXTREMES & set(self.weight_stats)))
             if self.weight_stats:
                 self._add_block("weight_", self.weight_stats, [m.stat(s) for s in self.weight_stats], r)
             if self._before is not None:
-                ratio = r.distance(self.tensors, packed, self._before) / m.norm().clamp_min(1e-12)
+                norm = m.norm()
+                ratio = r.distance(self.flat, packed, self._before) / (
+                    np.maximum(norm, 1e-12) if isinstance(norm, np.ndarray) else norm.clamp_min(1e-12))
                 self._add_block("update_ratio", ("",), [ratio], r)
-        self._add_samples("weight", r, self.tensors, packed)
+        self._add_samples("weight", r, self.flat, packed)
         self._before = None
         # the one host transfer: every scalar, then every histogram sample
-        host = torch.cat(self._pending + self._sample_tensors).cpu()
-        n = len(self._keys)
-        metrics = {**self._host, **dict(zip(self._keys, host[:n].tolist()))}
+        values = to_host(self._pending)
+        metrics = {**self._host, **dict(zip(self._keys, values.tolist()))}
         for i, lr in enumerate(lrs):
             metrics["train/lr" if i == 0 else f"train/lr_group{i}"] = lr
-        logged = LoggedStep(step, metrics, host[n:] if self._samples else None, self._samples)
+        samples = torch.from_numpy(to_host(self._sample_tensors, np.float32)) if self._samples else None
+        logged = LoggedStep(step, metrics, samples, self._samples)
         self._pending, self._keys, self._samples, self._sample_tensors, self._host = [], [], [], [], {}
         return logged
 

@@ -197,8 +197,7 @@ def fit(net: nn.Module, data, cfg: Any, tracker: Any = None, checkpointer: Any =
                 step = pos.step
                 log_now = step % every == 0 or step == 1
                 i = ledger.slot(step, epoch, group[0][0])
-                stepper.run([(x, y) for _, x, y in group], ledger.loss[i], ledger.bad[i], log_now,
-                            tracker if log_now else None, step)
+                stepper.run([(x, y) for _, x, y in group], ledger, i, log_now, tracker if log_now else None, step)
                 if log_now:
                     catch_up()
                 if checkpointer is not None and checkpointer.due(step) and pos.batch < data.batches_per_epoch:

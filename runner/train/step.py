@@ -27,23 +27,22 @@ def _local(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class Ledger:
-    """Loss and non-finite flag of every step of the current epoch, on the device."""
+    """Loss and non-finite flag of every step of the current epoch, left on the device."""
 
     device: torch.device
     size: int
-    loss: torch.Tensor = field(init=False)
     bad: torch.Tensor = field(init=False)
+    losses: list[torch.Tensor] = field(default_factory=list)      # one 0-d tensor per step
     where: list[tuple[int, int, int]] = field(default_factory=list)  # (step, epoch, first batch) per slot
     read: int = 0
 
     def __post_init__(self):
-        self.loss = torch.zeros(self.size, device=self.device)
         self.bad = torch.zeros(self.size, device=self.device)
+        self.flags = list(self.bad.unbind(0))  # 0-d views, one per slot: the steps' found_inf
 
     def start_epoch(self) -> None:
-        self.loss.zero_()
         self.bad.zero_()
-        self.where, self.read = [], 0
+        self.losses, self.where, self.read = [], [], 0
 
     def slot(self, step: int, epoch: int, batch: int) -> int:
         self.where.append((step, epoch, batch))
@@ -55,11 +54,13 @@ class Ledger:
         start, end = self.read, len(self.where)
         if start == end:
             return []
-        both = torch.stack([self.loss[start:end], self.bad[start:end]])
-        strategy.reduce_mean_(both[0:1]) if strategy.world > 1 else None
-        host = both.cpu().tolist()
+        losses = torch.stack(self.losses[start:end]).float()
+        if strategy.world > 1:
+            strategy.reduce_mean_(losses)
+        host = torch.cat([losses, self.bad[start:end]]).cpu().tolist()
         self.read = end
-        return [(*self.where[start + i], host[0][i], host[1][i] > 0) for i in range(end - start)]
+        n = end - start
+        return [(*self.where[start + i], host[i], host[n + i] > 0) for i in range(n)]
 
 
 class Stepper:
@@ -76,34 +77,43 @@ class Stepper:
         self.scaler = torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
         self.one = torch.ones((), device=device)
         self.device_skip = bool(opt.defaults.get("fused"))  # fused optimizers take found_inf
+        self.sharded = strategy.sharded()
 
-    def run(self, group, loss_slot: torch.Tensor, bad: torch.Tensor, log: bool = False, tracker=None,
-            step: int = 0) -> bool | None:
-        """Train on ``group`` (micro-batches (x, y) of the global batch); writes the step's loss into
-        ``loss_slot`` and whether it was non-finite into ``bad`` (0-d views into the ledger).
+    def run(self, group, ledger: Ledger, i: int, log: bool = False, tracker=None, step: int = 0) -> bool | None:
+        """Train on ``group`` (micro-batches (x, y) of the global batch); the step's loss and
+        whether it was non-finite go into slot ``i`` of the ``ledger``, on the device.
         On a logging step (``log``, the same on every rank) the flag is read here and the
         ``tracker`` (rank 0's, or every rank's when statistics are sharded) takes statistics;
         returns whether the step was good then, else None (not known on the host)."""
-        shares = [self.strategy.shard(x, y) for x, y in group]
+        bad = ledger.flags[i]
+        shares = group if self.strategy.world == 1 else [self.strategy.shard(x, y) for x, y in group]
         total = sum(len(x) for x, _ in shares)
+        acc = None
         for k, (x, y) in enumerate(shares):
-            x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            last = k == len(shares) - 1
+            if x.device != self.device:
+                x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
             watch = tracker is not None and k == 0
-            with self.strategy.grad_sync(self.model, last):
+            with self.strategy.grad_sync(self.model, k == len(shares) - 1):
                 if watch:
                     tracker.activations(True)
                 with self.autocast():
-                    loss = self.loss_fn(self.model(x), y) * (len(x) / total)
+                    loss = self.loss_fn(self.model(x), y)
+                    if len(shares) > 1:  # each micro-batch's part of the mean over the global batch
+                        loss = loss * (len(x) / total)
                 if watch:
                     tracker.activations(False)
                 (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
-            (loss_slot.copy_ if k == 0 else loss_slot.add_)(loss.detach().float())
+            acc = loss.detach() if acc is None else acc + loss.detach()
+        ledger.losses.append(acc)
         if self.scaler is not None:
             self.scaler.unscale_(self.opt)
-        grads = [_local(p.grad) for p in self.params if p.grad is not None]
-        torch._amp_foreach_non_finite_check_and_unscale_([*grads, loss_slot.view(1)], bad, self.one)
-        self.strategy.reduce_max_(bad.view(1))
+        grads = [p.grad for p in self.params if p.grad is not None]
+        if self.sharded:
+            grads = [_local(g) for g in grads]
+        grads.append(acc)  # the loss is checked in the same fused pass
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, bad, self.one)
+        if self.strategy.world > 1:
+            self.strategy.reduce_max_(bad.view(1))
         norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip) if self.clip else None
         good = None
         if log:  # a logging step: the flag is read now anyway
@@ -121,7 +131,7 @@ class Stepper:
         if self.scaler is not None:
             self.scaler.update()
         if good:
-            mean = self._mean(loss_slot)  # collective under torchrun: every rank, every logging step
+            mean = self._mean(acc)  # collective under torchrun: every rank, every logging step
             if tracker is not None:
                 tracker.after_step(step, mean, [g["lr"] for g in self.opt.param_groups])
         self.opt.zero_grad(set_to_none=True)
