@@ -105,7 +105,7 @@ def main() -> None:
                 run_id = client.create_run(exp).info.run_id
                 sink = MlflowSink(uri, run_id)
                 sink.wait_ready()  # as TrackedRun does before training starts
-                tracker = Tracker(StatsCollector(net, tcfg), sink, tcfg.histograms)
+                tracker = Tracker(StatsCollector(net, tcfg), sink, tcfg)
                 t = timed(lambda: fit(net, data, train_cfg, tracker))
                 sink.close()  # delivery finishes off the clock: the loop never waited on it
                 return t

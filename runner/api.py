@@ -76,6 +76,6 @@ def build(model: str | dict = "d2l_mlp", init: str | dict | None = None, data: s
 
 def show(net, values: str | None = None, console=None) -> None:
     """Print the summary, the parameter table and, when given a glob, the matching values."""
-    from runner import report
+    from runner import tables
 
-    report.print_inspection(net, getattr(net, "init_report", None), values, console)
+    tables.print_inspection(net, getattr(net, "init_report", None), values, console)

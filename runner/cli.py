@@ -58,6 +58,7 @@ def quiet_library_logs() -> None:
     import logging
 
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for name in ("mlflow", "alembic"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
@@ -69,25 +70,31 @@ def run_task(cfg: DictConfig, job: dict | None = None):
 
     prepared = prepare(cfg)
     if prepared.config.task == "inspect":
-        from runner import report
+        from runner import tables
 
-        report.print_inspection(prepared.net, prepared.init_report, prepared.config.inspect.show)
-        report.write_reports(prepared, report.run_directory())
+        tables.print_inspection(prepared.net, prepared.init_report, prepared.config.inspect.show)
+        tables.write_reports(prepared, tables.run_directory())
         return None
     from runner.train.run import train_task
 
     return train_task(prepared, job)
 
 
-SUBCOMMANDS = ("layers",)
+SUBCOMMANDS = ("layers", "report")
 
 
 def main() -> None:
-    """``runner layers [TYPE]`` lists layer types; anything else is a Hydra command line."""
+    """``runner layers [TYPE]`` lists layer types, ``runner report RUN_ID|REF`` shows a run's layer
+    health; anything else is a Hydra command line."""
     if len(sys.argv) > 1 and sys.argv[1] in SUBCOMMANDS:
-        from runner.docs import print_layers
+        if sys.argv[1] == "layers":
+            from runner.docs import print_layers
 
-        sys.exit(print_layers(sys.argv[2] if len(sys.argv) > 2 else None))
+            sys.exit(print_layers(sys.argv[2] if len(sys.argv) > 2 else None))
+        quiet_library_logs()
+        from runner.tracking.review import main as report_main
+
+        sys.exit(report_main(sys.argv[2:]))
     _app()
 
 

@@ -90,7 +90,7 @@ def print_layers(which: str | None = None) -> int:
 
     from runner.errors import did_you_mean
     from runner.model.layers import canonical_type
-    from runner.report import make_console
+    from runner.tables import make_console
 
     rows = layer_rows()
     console = make_console()

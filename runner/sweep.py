@@ -79,6 +79,7 @@ class SweepCallback(Callback):
                 best = (min if mode == "min" else max)(done, key=lambda j: j["metrics"][metric])
                 client.log_metric(parent_id, f"best/{metric}", best["metrics"][metric], step=0)
                 client.set_tag(parent_id, "runner.best_run", best.get("run_id") or "")
+            log_comparison(client, parent_id, jobs, metric, mode, sweep_dir)
             client.set_tag(parent_id, "runner.jobs", f"{len(jobs) - len(failed)} finished, {len(failed)} failed")
             client.set_terminated(parent_id, "FAILED" if failed else "FINISHED")
         if failed:
@@ -86,21 +87,60 @@ class SweepCallback(Callback):
             sys.exit(1)
 
 
-def print_table(jobs: list[dict], metric: str, mode: str) -> None:
-    from rich.table import Table
+def log_comparison(client, parent_id: str, jobs: list[dict], metric: str, mode: str, sweep_dir: Path) -> None:
+    """The children side by side on the parent run: each final metric as ``jobs/<metric>`` with
+    the job number as its step (a chart across the sweep), and the table of jobs as artifacts
+    ``sweep_summary.csv`` and ``sweep_summary.html``."""
+    import csv
+    import html
 
-    from runner.report import make_console
+    from mlflow.entities import Metric
 
+    now = int(time.time() * 1000)
+    values = [Metric(f"jobs/{k}", float(v), now, int(j["num"])) for j in jobs if j["status"] == "FINISHED"
+              for k, v in j["metrics"].items()]
+    for i in range(0, len(values), 1000):
+        client.log_batch(parent_id, metrics=values[i:i + 1000])
+    names = sorted({k for j in jobs for k in j["metrics"]})
+    ordered = sorted(jobs, key=_order(metric, mode))
+    path = sweep_dir / "sweep_summary.csv"
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["job", "overrides", "status", *names, "run_id", "error"])
+        for j in ordered:
+            w.writerow([j["num"], j["overrides"], j["status"], *(j["metrics"].get(k, "") for k in names),
+                        j.get("run_id") or "", j.get("error", "")])
+    rows = "".join(f"<tr><td>{j['num']}</td><td>{html.escape(j['overrides'])}</td><td>{j['status']}</td>"
+                   + "".join(f"<td>{j['metrics'][k]:.4g}</td>" if k in j["metrics"] else "<td></td>" for k in names)
+                   + f"<td>{html.escape(j.get('run_id') or j.get('error', ''))}</td></tr>" for j in ordered)
+    page = sweep_dir / "sweep_summary.html"
+    page.write_text("<!DOCTYPE html><html><head><meta charset='utf-8'><style>td,th{padding:3px 8px;"
+                    "border-bottom:1px solid #eee;font:13px system-ui}</style></head><body>"
+                    f"<h2>Sweep: {len(jobs)} jobs, best {html.escape(metric)} first</h2><table><tr><th>job</th>"
+                    "<th>overrides</th><th>status</th>" + "".join(f"<th>{html.escape(k)}</th>" for k in names)
+                    + f"<th>run</th></tr>{rows}</table></body></html>")
+    for f in (path, page):
+        client.log_artifact(parent_id, str(f))
+
+
+def _order(metric: str, mode: str):
     def key(j):
         v = j["metrics"].get(metric)
         ok = j["status"] == "FINISHED" and v is not None
         return (not ok, (v if mode == "min" else -v) if ok else 0.0, j["num"])
+    return key
+
+
+def print_table(jobs: list[dict], metric: str, mode: str) -> None:
+    from rich.table import Table
+
+    from runner.tables import make_console
 
     names = sorted({k for j in jobs for k in j["metrics"]})
     table = Table(title=f"Sweep: {len(jobs)} jobs, best {metric} first", title_justify="left")
     for col in ("#", "Overrides", "Status", *names, "Run"):
         table.add_column(col)
-    for j in sorted(jobs, key=key):
+    for j in sorted(jobs, key=_order(metric, mode)):
         table.add_row(str(j["num"]), j["overrides"], j["status"],
                       *(f"{j['metrics'][k]:.4g}" if k in j["metrics"] else "" for k in names),
                       j.get("run_id") or j.get("error", "")[:60])

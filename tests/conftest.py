@@ -37,6 +37,26 @@ def template_db(tmp_path_factory):
     return path
 
 
+def metrics(run) -> dict:
+    """A run's latest metrics by runner name (MLflow holds them under display names)."""
+    from runner.tracking.keys import internal
+
+    return dict(internal(k, v) for k, v in run.data.metrics.items())
+
+
+def history(client, run, key: str) -> list:
+    """The (step, value) history of runner metric ``key`` of ``run``, oldest first."""
+    from types import SimpleNamespace
+
+    from runner.tracking.keys import internal
+
+    names = {internal(k)[0]: k for k in run.data.metrics}
+    if key not in names:
+        return []
+    return [SimpleNamespace(step=m.step, value=internal(names[key], m.value)[1], timestamp=m.timestamp)
+            for m in client.get_metric_history(run.info.run_id, names[key])]
+
+
 class Store:
     def __init__(self, db: Path):
         from mlflow import MlflowClient
@@ -53,6 +73,12 @@ class Store:
         runs = self.runs(experiment)
         assert len(runs) == 1, [r.info.run_name for r in runs]
         return runs[0]
+
+    def metrics(self, run) -> dict:
+        return metrics(run)
+
+    def history(self, run, key: str) -> list:
+        return history(self.client, run, key)
 
 
 @pytest.fixture

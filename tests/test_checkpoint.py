@@ -155,7 +155,7 @@ def test_sigkill_at_any_point_then_resume_gives_bitwise_the_same_weights_and_one
     assert ref.returncode == 0, ref.stderr
     expected = _final_weights(tmp_path / "ref")
     ref_run = store.only_run("reference")
-    ref_loss = {m.step: m.value for m in store.client.get_metric_history(ref_run.info.run_id, "train/loss")}
+    ref_loss = {m.step: m.value for m in store.history(ref_run, "train/loss")}
     crashes = ["checkpoint:files:8", "checkpoint:manifest:16", "checkpoint:rename:28", "checkpoint:latest:36", "timer"]
     for i, crash in enumerate(crashes):
         run_dir = tmp_path / f"crash{i}"
@@ -183,9 +183,9 @@ def test_sigkill_at_any_point_then_resume_gives_bitwise_the_same_weights_and_one
         run = store.only_run(exp)
         assert run.info.status == "FINISHED"
         for key in ("train/loss", "weight_norm/body.layer-0.dense.weight", "val/loss"):
-            steps = [m.step for m in store.client.get_metric_history(run.info.run_id, key)]
+            steps = [m.step for m in store.history(run, key)]
             assert steps == sorted(set(steps)), (crash, key, steps)  # each step once
-        history = {m.step: m.value for m in store.client.get_metric_history(run.info.run_id, "train/loss")}
+        history = {m.step: m.value for m in store.history(run, "train/loss")}
         assert history == ref_loss, crash
         assert not list((run_dir / "checkpoints").glob(".*tmp*"))
 

@@ -44,7 +44,7 @@ def single(tmp_path_factory, template_db):
     r = run_cli(*CONF, f"tracking.uri={store.uri}", f"hydra.run.dir={root / 'run'}", *ARGS)
     assert r.returncode == 0, r.stderr[-3000:]
     run = store.only_run()
-    history = {k: [m.value for m in store.client.get_metric_history(run.info.run_id, k)]
+    history = {k: [m.value for m in store.history(run, k)]
                for k in ("train/loss", "grad_norm/blocks.block-0.weight", "grad_norm/bn.weight", "val/loss")}
     return read_weights(find_entry(root / "run").path / "weights.safetensors")[0], history
 
@@ -68,5 +68,5 @@ def test_killed_then_resumed_data_parallel_run_matches_one_process(store, tmp_pa
     run = store.only_run()  # only rank 0 logs, and the resumed run is the same MLflow run
     assert run.info.status == "FINISHED"
     for key, want in history.items():
-        values = [m.value for m in store.client.get_metric_history(run.info.run_id, key)]
+        values = [m.value for m in store.history(run, key)]
         assert values == pytest.approx(want, rel=1e-4, abs=1e-6), key

@@ -16,16 +16,19 @@ READS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "
 
 
 class Recorder:
-    """A sink that keeps what it is given."""
+    """A sink that keeps what it is given (by runner name)."""
 
     def __init__(self):
         self.metrics = {}
+        self.reviews = []
 
     def log(self, metrics, step):
-        self.metrics.setdefault(step, {}).update(metrics)
+        from runner.tracking.keys import internal
 
-    def heatmap(self, *args):
-        pass
+        self.metrics.setdefault(step, {}).update(dict(internal(k, v) for k, v in metrics.items()))
+
+    def review(self, review):
+        self.reviews.append(review)
 
     def flush(self):
         pass
@@ -175,5 +178,5 @@ def test_compiled_training_matches_eager_and_says_activations_are_unavailable(st
                 "tracking.activations=true", "train.epochs=1", "train.progress=quiet", "tracking.system_metrics=false")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "activation statistics are unavailable with train.compile" in r.stdout
-    metrics = store.only_run().data.metrics
+    metrics = store.metrics(store.only_run())
     assert "grad_norm/hidden.weight" in metrics and not any(k.startswith("act_") for k in metrics)

@@ -40,7 +40,7 @@ def test_preset_trains_tracks_resumes_bitwise_and_registers(store, tmp_path, pre
     assert ref.returncode == 0, ref.stderr[-3000:]
     expected, meta = final(tmp_path / "ref")
     run = store.only_run("ref")
-    metrics = run.data.metrics
+    metrics = store.metrics(run)
     if preset == "cnn":
         assert {"bn1.running_mean", "bn1.running_var", "bn1.num_batches_tracked"} <= set(expected)
         assert "weight_norm/conv1.weight" in metrics and "grad_norm/bn2.bias" in metrics
@@ -94,7 +94,7 @@ def test_a_user_module_and_a_user_model_train_through_the_cli(store, tmp_path):
         r = train(store, tmp_path / model, f"model={model}", "data=digits", "train.epochs=1",
                   f"tracking.experiment={model}", "tracking.activations=true")
         assert r.returncode == 0, r.stderr[-3000:]
-        metrics = store.only_run(model).data.metrics
+        metrics = store.metrics(store.only_run(model))
         key = "se.excite.weight"
         assert f"grad_norm/{key}" in metrics and f"weight_std/{key}" in metrics
         assert any(k.startswith("act_mean/se.") for k in metrics)

@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, history, metrics, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -40,7 +40,7 @@ def test_a_server_outage_mid_run_loses_no_metric(tracking_server, tmp_path):
     while time.time() < deadline:
         exp = c.get_experiment_by_name("outage")
         runs = c.search_runs([exp.experiment_id]) if exp else []
-        if runs and "train/loss" in runs[0].data.metrics:
+        if runs and "train/loss" in metrics(runs[0]):
             break
         time.sleep(0.3)
     tracking_server.stop()   # the server goes away for a few seconds while training goes on
@@ -54,8 +54,8 @@ def test_a_server_outage_mid_run_loses_no_metric(tracking_server, tmp_path):
     total = 40 * steps_per_epoch
     expected = [1] + list(range(5, total + 1, 5))
     for key in ("train/loss", "weight_norm/hidden.weight", "grad_norm/output.bias"):
-        assert [m.step for m in c.get_metric_history(run.info.run_id, key)] == expected, key
-    assert [m.step for m in c.get_metric_history(run.info.run_id, "val/loss")] == list(
+        assert [m.step for m in history(c, run, key)] == expected, key
+    assert [m.step for m in history(c, run, "val/loss")] == list(
         range(steps_per_epoch, total + 1, steps_per_epoch))
     delivered = out.split("metrics: ")[1].split(" delivered")[0]
     queued_ok, queued = delivered.split("/")

@@ -1,7 +1,7 @@
 """Sweeps: a parent run per sweep, a child run per job, failures isolated, a closing table."""
 import pytest
 
-from conftest import run_cli
+from conftest import metrics, run_cli
 
 pytestmark = pytest.mark.slow
 
@@ -34,7 +34,7 @@ def test_parallel_joblib_sweep_on_a_fresh_store_nests_every_job_under_one_parent
     assert default is None or not client.search_runs([default.experiment_id])
     # the closing table lists every job, best validation loss first
     assert "Sweep: 6 jobs, best val/loss first" in r.stdout
-    best = min(children, key=lambda c: c.data.metrics["val/loss"])
+    best = min(children, key=lambda c: metrics(c)["val/loss"])
     assert parents[0].data.tags["runner.best_run"] == best.info.run_id
     table = [line for line in r.stdout.splitlines() if line.startswith("│")]
     assert best.info.run_id in table[0]
@@ -67,8 +67,8 @@ def test_optuna_sweeper_trials_are_child_runs_and_the_objective_is_the_validatio
     children = [x for x in runs if x.data.tags.get("mlflow.parentRunId")]
     assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
     assert all(c.info.run_name.startswith("train.lr=") for c in children)  # named from what Optuna chose
-    best = min(children, key=lambda c: c.data.metrics["val/loss"])
-    assert f"Best value: {best.data.metrics['val/loss']}"[:18] in r.stdout
+    best = min(children, key=lambda c: metrics(c)["val/loss"])
+    assert f"Best value: {metrics(best)['val/loss']}"[:18] in r.stdout
 
 
 def test_submitit_local_sweep(store, tmp_path):

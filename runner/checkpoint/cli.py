@@ -39,7 +39,7 @@ def _kind(name: str, meta: dict) -> str:
 def cmd_list(args) -> None:
     from rich.table import Table
 
-    from runner.report import make_console
+    from runner.tables import make_console
 
     from runner.tracking.config import client as mlflow_client
 
@@ -74,7 +74,7 @@ def cmd_show(args) -> None:
 
     from runner import names as N
     from runner.errors import UserError
-    from runner.report import make_console, shape_str
+    from runner.tables import make_console, shape_str
 
     tensors, meta, ties, desc = _load(args.ref, args.tracking_uri)
     names = N.select(tensors, args.pattern) if args.pattern else list(tensors)
@@ -102,7 +102,7 @@ def cmd_diff(args) -> None:
     from rich.table import Table
 
     from runner import names as N
-    from runner.report import make_console
+    from runner.tables import make_console
 
     a, _, _, desc_a = _load(args.a, args.tracking_uri)
     b, _, _, desc_b = _load(args.b, args.tracking_uri)

@@ -39,20 +39,25 @@ def _register(client: Any, name: str) -> None:
 
 
 def publish(client: Any, run_id: str, final: Entry, store: CheckpointStore, name: str, metric: str | None,
-            mode: str) -> str:
-    """Log the final (and best) checkpoint to the run and register the final weights; returns its models:/ URI."""
+            mode: str, overrides: str = "(none)") -> str:
+    """Log the final (and best) checkpoint to the run and register the final weights; returns its
+    models:/ URI. The version is tagged with what tells it apart from the others: the command
+    line's overrides, the step and the metric (its description starts with them too, as the
+    registry's version list shows a description's first characters)."""
     best = store.best()
     client.log_artifacts(run_id, str(final.path), "checkpoints/final")
     if best is not None and best.path != final.path:
         client.log_artifacts(run_id, str(best.path), "checkpoints/best")
     meta = read_metadata(final.path / WEIGHTS)
     ties = json.loads(meta.get("runner.tie_map", "{}"))
-    tags = {"run_id": run_id, "step": str(final.step), "tie_groups": str(len(ties))}
+    tags = {"run_id": run_id, "step": str(final.step), "tie_groups": str(len(ties)), "overrides": overrides[:5000]}
     value = final.metrics.get(metric) if metric else None
     if value is not None:
         tags.update({"metric": metric, "metric_value": repr(float(value))})
+    description = f"{overrides}; step {final.step}" + (f"; {metric} {value:.4g}" if value is not None else "")
     _register(client, name)
-    mv = client.create_model_version(name, source=f"runs:/{run_id}/checkpoints/final", run_id=run_id, tags=tags)
+    mv = client.create_model_version(name, source=f"runs:/{run_id}/checkpoints/final", run_id=run_id, tags=tags,
+                                     description=description)
     if value is not None:
         better = True
         try:

@@ -29,7 +29,14 @@ class Histograms(Schema):
     enabled: bool = Field(True, description="keep samples and draw the heat maps")
     sample: PosInt = Field(1024, description="values kept per tensor at each logging step")
     bins: PosInt = Field(40, description="histogram bins")
-    every_n_epochs: NonNegInt = Field(0, description="0: draw at the end only; N: also every N epochs")
+
+
+class Report(Schema):
+    """The HTML run report (report.html) and the heat maps, drawn by the writer process."""
+
+    enabled: bool = Field(True, description="write report.html into the run directory and the run's artifacts")
+    every_n_epochs: NonNegInt = Field(5, description="also redraw it (and the heat maps) every N epochs; 0: at the "
+                                                     "end only")
 
 
 class TrackingConfig(Schema):
@@ -44,6 +51,7 @@ class TrackingConfig(Schema):
     stats: Stats = Field(default_factory=Stats, description="statistics per tensor")
     activations: bool = Field(False, description="forward-hook stats per layer: act_mean, act_std, act_dead (ReLU)")
     histograms: Histograms = Field(default_factory=Histograms, description="distribution heat maps")
+    report: Report = Field(default_factory=Report, description="the run report")
     max_keys: PosInt = Field(1000, description="refuse a config that would write more metric keys per run")
     queue_size: PosInt = Field(10_000, description="logging steps that may wait for the store before training waits")
     system_metrics: bool = Field(True, description="cpu/memory/gpu under system/ (psutil)")
@@ -59,6 +67,7 @@ def check_tracking(cfg: Any, path: str = "tracking") -> list:
 def client(uri: str | None = None):
     """An ``MlflowClient`` on ``uri`` (default: ``default_uri()``), MLflow's INFO chatter off."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
 
     return MlflowClient(uri or default_uri())

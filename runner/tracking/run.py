@@ -50,14 +50,19 @@ def store_folder(uri: str) -> Path | None:
     return db.parent / "mlartifacts"
 
 
+KIND_TAG = "mlflow.experimentKind"  # what the MLflow UI reads to open an experiment's training view
+
+
 def ensure_experiment(client: Any, name: str, artifact_root: Path | None) -> str:
-    """The id of experiment ``name``, creating it (race-safe) when missing."""
+    """The id of experiment ``name``, creating it (race-safe) when missing. It is tagged as a model
+    training experiment (``mlflow.experimentKind``) so the UI can open it on its runs view."""
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
     try:
         location = artifact_root.resolve().as_uri() if artifact_root else None
-        return client.create_experiment(name, artifact_location=location)
+        return client.create_experiment(name, artifact_location=location,
+                                        tags={KIND_TAG: "custom_model_development"})
     except Exception:
         exp = client.get_experiment_by_name(name)  # another process made it first
         if exp is None:
@@ -112,11 +117,13 @@ class TrackedRun:
         logged: dict[str, int] = {}
         if self.resume_run_id:  # continue the same run: same id, steps go on, none twice
             self.run_id = self.resume_run_id
-            self.experiment_id = self.client.get_run(self.run_id).info.experiment_id
+            info = self.client.get_run(self.run_id).info
+            self.experiment_id, self.name = info.experiment_id, info.run_name
             self.client.update_run(self.run_id, status="RUNNING")
             logged = self.logged_steps()
         else:
-            run = self.client.create_run(self.experiment_id, run_name=self.run_name(), tags=tags)
+            self.name = self.run_name()
+            run = self.client.create_run(self.experiment_id, run_name=self.name, tags=tags)
             self.run_id = run.info.run_id
         self.sink = MlflowSink(self.uri, self.run_id, self.tcfg.queue_size, skip_upto=logged,
                                spool_file=str(self.run_dir / "mlflow_spool.jsonl"),
@@ -157,7 +164,8 @@ class TrackedRun:
     def log_artifacts(self) -> None:
         """Queue the run directory's files (reports, ``.hydra/``) for upload by the writer."""
         hydra_dir = self.run_dir / ".hydra"
-        files = [str(f) for f in sorted(self.run_dir.glob("*")) if f.is_file() and f.suffix in {".json", ".txt", ".yaml"}]
+        files = [str(f) for f in sorted(self.run_dir.glob("*"))
+                 if f.is_file() and f.suffix in {".json", ".txt", ".yaml", ".svg"}]
         self.sink.artifacts(files, {str(hydra_dir): "hydra"} if hydra_dir.is_dir() else {})
 
     def _start_system_metrics(self) -> None:
@@ -203,6 +211,28 @@ class TrackedRun:
 
     def ui_command(self) -> str:
         return f"mlflow ui --backend-store-uri '{self.uri}' --host 127.0.0.1 --port 5000"
+
+    def ui_link(self) -> str:
+        """The run's page; ``workflowType`` makes the UI show its model-training views."""
+        return (f"http://127.0.0.1:5000/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+                "?workflowType=machine_learning")
+
+    def set_health(self, findings: list) -> None:
+        """Tags ``runner.health`` (ok, or how many findings of which rules) and
+        ``runner.health.<rule>`` (the first finding's message), and the run's description."""
+        tags = {"runner.health": "ok" if not findings else
+                f"{len(findings)} finding(s): {', '.join(sorted({f.rule for f in findings}))}"}
+        for f in findings:
+            tags.setdefault(f"runner.health.{f.rule}", f.message[:4900])
+        note = ("**Health: ok** (no findings)" if not findings else
+                "**Health:** " + "; ".join(f"{f.rule}: {f.message}" for f in findings[:5]))
+        tags["mlflow.note.content"] = (note + "\n\nThe run report: Artifacts → report.html "
+                                       "(layer health, gradient flow, update ratios, heat maps).")[:4900]
+        for k, v in tags.items():
+            try:
+                self.client.set_tag(self.run_id, k, v)
+            except Exception as e:  # the store is away: the report still has it all
+                self.sink.report.errors.append(f"tag {k}: {first_line(e)}")
 
 
 def _raise_terminated(signum, frame) -> None:

@@ -135,10 +135,10 @@ class MlflowSink:
         self.report.queued += len(metrics)
         self._put(("metrics", step, int(time.time() * 1000), metrics))
 
-    def heatmap(self, key: str, title: str, steps: list[int], series: list[list[float]], bins: int, step: int) -> None:
-        """Render a histogram heat map in the writer and log it as artifact ``heatmaps/<key>.png``
-        (replaced at each render: the newest covers the whole run so far)."""
-        self._put(("heatmap", key, title, steps, series, bins, step))
+    def review(self, review: dict) -> None:
+        """Draw the heat maps (artifacts ``heatmaps/<kind>/<tensor>.png``, replaced at each
+        render: the newest covers the run so far) and the HTML report in the writer."""
+        self._put(("review", review))
 
     def artifacts(self, files: list[str], dirs: dict[str, str] | None = None) -> None:
         """Upload files to the run root and directories under the given artifact paths."""
@@ -223,8 +223,8 @@ class _Writer:
                 continue
             self.flush(metrics)
             metrics = []
-            if item[0] == "heatmap":
-                self.heatmap(*item[1:])
+            if item[0] == "review":
+                self.review(item[1])
             elif item[0] == "artifacts":
                 self.upload(*item[1:])
         self.flush(metrics)
@@ -275,13 +275,33 @@ class _Writer:
             with open(self.spool_file, "a") as f:
                 f.write(json.dumps({"run_id": self.run_id, "delivered": True}) + "\n")
 
-    def heatmap(self, key, title, steps, series, bins, step) -> None:
-        from runner.tracking.images import heatmap
+    def review(self, review: dict) -> None:
+        """Heat maps as artifacts (not step images: no card per tensor among the run's charts),
+        then the report: ``report.html`` in the run directory and among the artifacts."""
+        import tempfile
+        from pathlib import Path
 
-        def log() -> None:  # an artifact, not a step image: no card per tensor in the run's charts
-            self.client.log_image(self.run_id, heatmap(title, steps, series, bins), artifact_file=f"heatmaps/{key}.png")
-        if self.guard(log):
-            self.images += 1
+        from runner.tracking.report import build, heatmap_png
+
+        maps = {}
+        with tempfile.TemporaryDirectory(prefix="runner-review-") as tmp:
+            for key, (steps, series) in review["series"].items():
+                maps[key] = heatmap_png(f"{key}  (step {review['step']})", steps, series, review["bins"])
+                path = Path(tmp) / "heatmaps" / f"{key}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(maps[key])
+            if maps and self.guard(lambda: self.client.log_artifacts(self.run_id, str(Path(tmp) / "heatmaps"),
+                                                                     "heatmaps")):
+                self.images += len(maps)
+            meta = review.get("meta")
+            if meta is None:
+                return
+            page = build(review, maps)
+            target = Path(meta["run_dir"]) / "report.html" if meta.get("run_dir") else Path(tmp) / "report.html"
+            staging = target.with_name(f".report.html.tmp-{os.getpid()}")
+            staging.write_text(page, encoding="utf-8")
+            os.replace(staging, target)
+            self.guard(lambda: self.client.log_artifact(self.run_id, str(target)))
 
     def upload(self, files: list[str], dirs: dict[str, str]) -> None:
         for f in files:

@@ -25,6 +25,7 @@ from runner.tracking.config import TrackingConfig
 from runner.tracking.reduce import Reducer, ShardedReducer, _local
 
 EXTREMES = {"min", "max", "maxabs"}
+SPREAD = {"std", "min", "max"}  # statistics left out for single-value tensors
 
 
 @dataclass
@@ -165,12 +166,21 @@ class StatsCollector:
     def _add_block(self, prefix: str, which: tuple[str, ...], values: list[torch.Tensor], r: Reducer) -> None:
         """One stacked vector of statistics ``which`` x the reducer's tensors, under keys
         ``<prefix><stat>/<name>`` (built once per reducer)."""
-        keys = r.keys.get((prefix, which))
-        if keys is None:
-            keys = r.keys[(prefix, which)] = [f"{prefix}{s}/{n}" for s in which for n in r.names]
+        cached = r.keys.get((prefix, which))
+        if cached is None:  # the spread of a single value means nothing: no std, min or max for it
+            single = {n for n, size in zip(r.names, r.n.tolist()) if size == 1}
+            pairs = [(j, f"{prefix}{s}/{n}") for j, (s, n) in enumerate((s, n) for s in which for n in r.names)
+                     if not (n in single and s in SPREAD)]
+            keep = [j for j, _ in pairs]
+            whole = len(keep) == len(which) * len(r.names)
+            cached = r.keys[(prefix, which)] = ([k for _, k in pairs], None if whole else keep)
+        keys, keep = cached
         self._keys.extend(keys)
         stack = np.stack if isinstance(values[0], np.ndarray) else torch.stack
-        self._pending.append(stack(values).reshape(-1) if len(values) > 1 else values[0])
+        block = stack(values).reshape(-1) if len(values) > 1 else values[0]
+        if keep is not None:
+            block = block[keep if isinstance(block, np.ndarray) else torch.tensor(keep, device=block.device)]
+        self._pending.append(block)
 
     def _add_samples(self, kind: str, r: Reducer, tensors: list[torch.Tensor], packed: torch.Tensor) -> None:
         if self.sample_size:
@@ -245,7 +255,9 @@ class StatsCollector:
     def keys_per_step(self) -> int:
         """How many metric keys one logging step writes (for the key budget)."""
         n = len(self.tensors)
-        keys = n * (len(self.weight_stats) + len(self.grad_stats) + int(self.update_ratio)) + 3
+        single = sum(1 for t in self.tensors if t.numel() == 1)
+        spread = len(SPREAD & set(self.weight_stats)) + len(SPREAD & set(self.grad_stats))
+        keys = n * (len(self.weight_stats) + len(self.grad_stats) + int(self.update_ratio)) - single * spread + 3
         keys += self._act_keys  # act_mean, act_std per use; act_dead for ReLU outputs
         return keys
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.errors import UserError
-from runner.report import run_directory, write_reports
+from runner.tables import run_directory, write_reports
 
 
 def hydra_tags() -> dict[str, str]:
@@ -68,7 +68,7 @@ def _train(prepared, strategy, job: dict | None) -> float | None:
     if not strategy.is_main:  # only rank 0 writes reports, logs and checkpoints
         tracker = None
         if tcfg.enabled and strategy.sharded():  # statistics of sharded tensors need every rank
-            tracker = Tracker(StatsCollector(prepared.net, tcfg, cfg.seed, strategy), NullSink(), tcfg.histograms)
+            tracker = Tracker(StatsCollector(prepared.net, tcfg, cfg.seed, strategy), NullSink(), tcfg)
         result = fit(prepared.net, prepared.data, cfg.train, tracker, checkpointer(), resume, cfg.seed, strategy,
                      every)
         return objective(cfg, result.final)
@@ -104,12 +104,16 @@ def _train(prepared, strategy, job: dict | None) -> float | None:
     with TrackedRun(cfg, out, tags, resume_run_id=resume_run, name=job["run_name"] if job else None) as run:
         run.log_artifacts()
         ckpt = checkpointer(run.run_id)
-        tracker = Tracker(collector, run.sink, tcfg.histograms)
+        meta = {"title": f"{cfg.model.get('name', 'model')} · {run.name}", "run_id": run.run_id,
+                "model": f"model {cfg.model.get('name', 'model')}, {sum(p.numel() for p in prepared.net.params().values()):,} "
+                         f"parameters", "run_dir": str(out), "init_report": prepared.init_report.to_dict()}
+        tracker = Tracker(collector, run.sink, tcfg, meta if tcfg.report.enabled else None)
         baselines = prepared.data.baselines()
         if baselines and resume is None:
-            run.sink.log(baselines, 0)
+            tracker.log(baselines, 0)
         result = fit(prepared.net, prepared.data, cfg.train, tracker, ckpt, resume, cfg.seed, strategy, every)
-        tracker.finish(result.steps)
+        findings = tracker.finish(result.steps)
+        run.set_health(findings)
         samples = write_samples(prepared, out)
         if samples is not None:
             run.sink.artifacts([str(samples)])
@@ -120,7 +124,7 @@ def _train(prepared, strategy, job: dict | None) -> float | None:
 
             registered = publish(run.client, run.run_id, final, ckpt.store,
                                  ccfg.registered_name or cfg.model.get("name", "model"),
-                                 ccfg.best_metric, ccfg.best_mode)
+                                 ccfg.best_metric, ccfg.best_mode, tags.get("runner.overrides", "(none)"))
     rep = run.sink_report
     print(f"run {run.run_id} ({run.status}) in experiment '{tcfg.experiment}': "
           f"{result.steps} steps, {_fmt(result.final, prepared.data)}")
@@ -131,11 +135,13 @@ def _train(prepared, strategy, job: dict | None) -> float | None:
           + (f", {rep.lost} lost: {rep.errors[0]}" if rep.lost else ""))
     if result.skipped:
         print(f"  {result.skipped} non-finite step(s) skipped")
-    print(f"  run directory: {out}")
+    print(f"  health: {len(findings)} finding(s)" if findings else "  health: no findings")
+    for f in findings:
+        print(f"    - {f.rule}: {f.message}")
+    print(f"  run directory: {out}" + (f"  (report: {out / 'report.html'})" if tcfg.report.enabled else ""))
     if registered:
         print(f"  weights: {registered}")
-    print(f"  view it: {run.ui_command()}  then open http://127.0.0.1:5000/#/experiments/"
-          f"{run.experiment_id}/runs/{run.run_id}")
+    print(f"  view it: {run.ui_command()}  then open {run.ui_link()}")
     if job:
         write_status(job, "FINISHED", result.final, run.run_id)
     return objective(cfg, result.final)
@@ -147,7 +153,7 @@ class NullSink:
     def log(self, metrics, step):
         pass
 
-    def heatmap(self, *args):
+    def review(self, review):
         pass
 
     def flush(self):

@@ -151,19 +151,26 @@ def run_directory() -> Path:
 
 
 def write_reports(prepared, out: Path) -> None:
-    """summary.txt (summary + parameters), init_report.json, tie_map.json and config.yaml in ``out``."""
+    """summary.txt (summary + parameters), init_report.json, tie_map.json, model.json (the model's
+    layers and tensors in network order, for reports), architecture.svg and config.yaml in ``out``."""
     from omegaconf import OmegaConf
     from rich.console import Console
 
     from runner.model.ties import tie_map
 
     out.mkdir(parents=True, exist_ok=True)
+    s = summarize(prepared.net)
     with open(out / "summary.txt", "w") as f:
         console = Console(file=f, width=200, color_system=None)
-        s = summarize(prepared.net)
         console.print(summary_table(s))
         console.print(summary_footer(s))
         console.print(params_table(prepared.net, prepared.init_report))
     (out / "init_report.json").write_text(json.dumps(prepared.init_report.to_dict(), indent=1))
     (out / "tie_map.json").write_text(json.dumps(tie_map(prepared.net), indent=1))
+    from runner.model.picture import architecture_svg
+    from runner.tracking.health import ModelInfo
+
+    model = ModelInfo.of(prepared.net)
+    (out / "model.json").write_text(json.dumps(model.to_dict(), indent=1))
+    (out / "architecture.svg").write_text(architecture_svg(model, f"{s.model}: {s.total:,} parameters"))
     (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(prepared.config.plain())))
