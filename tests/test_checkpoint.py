@@ -247,6 +247,8 @@ def test_registry_list_show_diff_export_through_the_cli(store, tmp_path):
         assert r.returncode == 0, r.stderr
         assert f"weights: models:/d2l_tied/{i + 1}" in r.stdout
     versions = store.client.search_model_versions("name='d2l_tied'")
+    assert sorted(v.tags["overrides"] for v in versions) == ["train.epochs=2 train.lr=0.01 model=d2l_tied",
+                                                            "train.epochs=2 train.lr=0.05 model=d2l_tied"]
     best = min(versions, key=lambda v: float(v.tags["metric_value"]))
     assert store.client.get_model_version_by_alias("d2l_tied", "best").version == best.version
     r = weights_cli(store, "list")

@@ -38,6 +38,14 @@ def test_parallel_joblib_sweep_on_a_fresh_store_nests_every_job_under_one_parent
     assert parents[0].data.tags["runner.best_run"] == best.info.run_id
     table = [line for line in r.stdout.splitlines() if line.startswith("│")]
     assert best.info.run_id in table[0]
+    # the parent compares its children: their final metrics by job number, and the table as artifacts
+    jobs = client.get_metric_history(parents[0].info.run_id, "jobs/val/loss")
+    assert sorted(m.step for m in jobs) == list(range(6))
+    assert min(m.value for m in jobs) == metrics(best)["val/loss"]
+    artifacts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert {"sweep_summary.csv", "sweep_summary.html"} <= artifacts
+    csv_rows = (tmp_path / "sweep" / "sweep_summary.csv").read_text().splitlines()
+    assert len(csv_rows) == 7 and best.info.run_id in csv_rows[1]
 
 
 def test_a_failing_job_ends_failed_while_the_others_finish(store, tmp_path):

@@ -29,7 +29,8 @@ def line_chart(name: str, series: list[tuple[str, list[tuple[float, float]], str
                legend: bool = True) -> str:
     """An SVG chart: ``series`` of (label, [(x, y)], colour); on a log y axis non-positive values
     are left out. ``x_labels``: categorical x (positions 0..n-1), e.g. layers in network order."""
-    left, right, top, bottom = 80, 20 if not legend else 230, 34, 90 if x_labels else 46
+    longest = max((len(str(x)) for x in x_labels), default=0) if x_labels else 0
+    left, right, top, bottom = 80, 20 if not legend else 230, 34, min(240, 30 + 5 * longest) if x_labels else 46
     w, h = width - left - right, height - top - bottom
     ty = (lambda v: math.log10(v)) if log_y else (lambda v: v)
     pts = [(x, ty(y)) for _, s, _ in series for x, y in s if _finite(y) and (y > 0 or not log_y)]

@@ -24,7 +24,7 @@ import statistics
 from dataclasses import asdict, dataclass, field
 
 BAND = (1e-4, 1e-2)      # healthy update ratios (drawn in the report)
-TOO_LARGE, TOO_SMALL, STOPPED = 1e-1, 1e-5, 1e-8
+TOO_LARGE, TOO_SMALL, STOPPED = 3e-2, 1e-5, 1e-8
 DEPTH_RATIO = 1e3        # first/last RMS gradient beyond this (or its inverse): vanishing / exploding
 DEAD = 0.95
 RECENT = 5               # logging steps a rule looks back over
@@ -160,7 +160,11 @@ def diagnose(model: ModelInfo, entries: list[tuple[int, dict]], skipped: list[in
         if ratios:
             step, ratio, a, b = ratios[-1]
             med = statistics.median(r for _, r, _, _ in ratios)
-            if med < 1 / DEPTH_RATIO and a >= 0:
+            if med < 1 / DEPTH_RATIO and a == 0:
+                out.append(Finding("vanishing_gradients", first["name"], step, ratio,
+                                   f"gradients vanish toward the input: none reaches {first['name']} at step {step}, "
+                                   f"while {lastm['name']} gets an RMS gradient of {b:.3g}"))
+            elif med < 1 / DEPTH_RATIO:
                 out.append(Finding("vanishing_gradients", first["name"], step, ratio,
                                    f"gradients vanish toward the input: RMS gradient {a:.3g} at {first['name']} vs "
                                    f"{b:.3g} at {lastm['name']} ({ratio:.2g}x) at step {step}"))
@@ -188,6 +192,8 @@ def diagnose(model: ModelInfo, entries: list[tuple[int, dict]], skipped: list[in
                                        "(its ReLU units are dead)"))
             else:
                 out.append(Finding("no_gradient", name, last_step, 0.0, f"{name} gets no gradient at step {last_step}"))
+            continue
+        if len(t["shape"]) < 2:  # biases and norm scales: the ratio of a near-zero vector says little
             continue
         ratios = [(s, v) for s, m in recent if s > 1 and _finite(v := m.get(f"update_ratio/{name}", math.nan))]
         if not ratios:

@@ -124,7 +124,8 @@ def _train(prepared, strategy, job: dict | None) -> float | None:
 
             registered = publish(run.client, run.run_id, final, ckpt.store,
                                  ccfg.registered_name or cfg.model.get("name", "model"),
-                                 ccfg.best_metric, ccfg.best_mode, tags.get("runner.overrides", "(none)"))
+                                 ccfg.best_metric, ccfg.best_mode,
+                                 job["overrides"] if job else telling_overrides(tags.get("runner.overrides", "")))
     rep = run.sink_report
     print(f"run {run.run_id} ({run.status}) in experiment '{tcfg.experiment}': "
           f"{result.steps} steps, {_fmt(result.final, prepared.data)}")
@@ -170,6 +171,16 @@ def _resume_state(cfg, out: Path, prepared):
     if entry is None:
         return None, None
     return load_checkpoint(entry, prepared.net), entry
+
+
+QUIET_PREFIXES = ("tracking.", "hydra.", "checkpoint.", "train.progress", "train.resume", "task=", "+tracking.",
+                  "+checkpoint.")
+
+
+def telling_overrides(overrides: str) -> str:
+    """The command line's overrides that can change the weights (not where things are logged)."""
+    kept = [o for o in overrides.split() if not o.startswith(QUIET_PREFIXES)]
+    return " ".join(kept) or "(defaults)"
 
 
 def objective(cfg, final: dict) -> float | None:
