@@ -24,12 +24,15 @@ register_defaults()
 @hydra.main(version_base="1.3", config_path="pkg://runner.conf", config_name="config")
 def _app(cfg: DictConfig):
     from runner.errors import Terminated, UserError, first_line
-    from runner.sweep import STATUS_FILE, job_context, write_status
+    from runner.sweep import job_context, job_finished, write_status
+    from runner.tracking.config import redact
 
+    previous = catch_sigterm()  # from here to the end, a SIGTERM ends the run KILLED (exit 143)
     job = job_context()
     try:
+        scrub_saved_configs()
         value = run_task(cfg, job)
-        if job and not (job["output_dir"] / STATUS_FILE).is_file():
+        if job and not job_finished(job):
             write_status(job, "FINISHED")
         return value
     except Exception as e:
@@ -40,17 +43,63 @@ def _app(cfg: DictConfig):
                 import traceback
 
                 traceback.print_exc()
-            print(f"error in job {job['num']} ({job['overrides']}): {e}", file=sys.stderr)
-            write_status(job, "FAILED", error=first_line(e))
+            print(f"error in job {job['num']} ({job['overrides']}): {redact(str(e))}", file=sys.stderr)
+            write_status(job, "FAILED", error=redact(first_line(e)))
             return float("nan")
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {redact(str(e))}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+        if job:
+            write_status(job, "KILLED", error="interrupted")
         sys.exit(EXIT_INTERRUPTED)
     except Terminated:
         print("terminated (SIGTERM)", file=sys.stderr)
+        if job:
+            write_status(job, "KILLED", error="terminated (SIGTERM)")
         sys.exit(EXIT_TERMINATED)
+    finally:
+        restore_sigterm(previous)
+
+
+def catch_sigterm():
+    """SIGTERM raises ``Terminated`` in the main thread, in every phase of a task: start-up,
+    training, registration, the final status."""
+    import signal
+    import threading
+
+    from runner.errors import Terminated
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminated(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminated)
+
+
+def restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def scrub_saved_configs() -> None:
+    """Hydra saved the composed config and the command line under ``.hydra/``: take the passwords
+    of any ``user:password@`` URI out of them (they are logged as artifacts too)."""
+    from runner.tables import run_directory
+    from runner.tracking.config import redact
+
+    folder = run_directory() / ".hydra"
+    for f in folder.glob("*.yaml") if folder.is_dir() else []:
+        text = f.read_text()
+        clean = redact(text)
+        if clean != text:
+            tmp = f.with_name(f".{f.name}.tmp")
+            tmp.write_text(clean)
+            os.replace(tmp, f)
 
 
 def quiet_library_logs() -> None:
@@ -83,6 +132,88 @@ def run_task(cfg: DictConfig, job: dict | None = None):
 SUBCOMMANDS = ("layers", "report")
 
 
+def hydra_problem(ex: BaseException) -> str | None:
+    """Hydra's own errors about the command line (an unknown preset or key, an override that
+    does not parse or merge), said the runner's way; None for anything else."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    from runner.errors import did_you_mean, first_line
+
+    text = str(ex)
+    if isinstance(ex, MissingConfigException) and ex.missing_cfg_file and "/" in ex.missing_cfg_file:
+        group, _, name = ex.missing_cfg_file.rpartition("/")
+        options = list(ex.options or [])
+        listing = f"; presets: {', '.join(options)}" if options else ""
+        return f"{group}: no preset named {name!r}{did_you_mean(name, options)}{listing}"
+    if isinstance(ex, OverrideParseException):
+        override = getattr(ex, "override", "") or ""
+        return (f"cannot parse the override {override!r}: {first_line(Exception(getattr(ex, 'message', text)))} "
+                "(the grammar: https://hydra.cc/docs/advanced/override_grammar/basic; quote values with spaces)")
+    if isinstance(ex, ConfigCompositionException):
+        if text.startswith("Could not override '"):
+            key = text[len("Could not override '"):].split("'")[0]
+            parent, _, leaf = key.rpartition(".")
+            known = known_keys(parent)
+            return (f"{key}: unknown key{did_you_mean(leaf, known)}"
+                    + (f"; known here: {', '.join(sorted(known))}" if known else "")
+                    + f"; to add a key that is not in the config, write +{key}=...")
+        cause = ex.__cause__
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        where = getattr(cause, "full_key", None)
+        detail = first_line(cause) if cause is not None else (lines[1] if len(lines) > 1 else lines[0])
+        return (f"{where}: " if where else "") + f"{lines[0]}: {detail}"
+    return None
+
+
+def known_keys(path: str) -> list[str]:
+    """The keys a config path may hold, from the schemas (for did-you-mean); [] when unknown."""
+    from runner.config import TopConfig, schemas
+    from runner.schema import _schema_in, field_names
+
+    parts = path.split(".") if path else []
+    if not parts:
+        return ["task", "seed", "inspect", "model", "init", "data", "train", "tracking", "checkpoint"]
+    cls = {**schemas(), "inspect": TopConfig.model_fields["inspect"].annotation}.get(parts[0])
+    for part in parts[1:]:
+        if cls is None:
+            return []
+        info = next((i for n, i in cls.model_fields.items() if part in (n, i.alias)), None)
+        cls = _schema_in(info.annotation) if info is not None else None
+    return field_names(cls) if cls is not None else []
+
+
+def report_hydra_errors() -> None:
+    """Make Hydra's errors about the command line end like the runner's own: a short message and
+    exit status 2 (``HYDRA_FULL_ERROR=1`` still shows Hydra's full trace)."""
+    from hydra._internal import utils as hydra_utils  # hydra-core 1.3 (pinned): its error reporter
+
+    original = hydra_utils.run_and_report
+    if getattr(original, "runner_wrapped", False):
+        return
+
+    def run_and_report(func):
+        try:
+            return func()
+        except Exception as ex:
+            from runner.errors import UserError
+            from runner.tracking.config import redact
+
+            message = None if os.environ.get("HYDRA_FULL_ERROR") == "1" else (
+                str(ex) if isinstance(ex, UserError) else hydra_problem(ex))
+            message = redact(message) if message else message
+            if message is None:
+                return original(lambda: _reraise(ex))
+            print(f"error: {message}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+    run_and_report.runner_wrapped = True
+    hydra_utils.run_and_report = run_and_report
+
+
+def _reraise(ex: BaseException):
+    raise ex
+
+
 def main() -> None:
     """``runner layers [TYPE]`` lists layer types, ``runner report RUN_ID|REF`` shows a run's layer
     health; anything else is a Hydra command line."""
@@ -95,6 +226,7 @@ def main() -> None:
         from runner.tracking.review import main as report_main
 
         sys.exit(report_main(sys.argv[2:]))
+    report_hydra_errors()
     _app()
 
 

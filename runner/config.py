@@ -90,12 +90,12 @@ def to_plain(cfg: Any) -> dict:
     if not isinstance(cfg, DictConfig):
         return dict(cfg)
     p = Problems()
-    for key in sorted(OmegaConf.missing_keys(cfg)):
-        p.add(key, "missing required value (set it on the command line, e.g. " f"{key}=...)")
-    p.raise_if_any()
     try:
+        for key in sorted(OmegaConf.missing_keys(cfg)):
+            p.add(key, "missing required value (set it on the command line, e.g. " f"{key}=...)")
+        p.raise_if_any()
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
-    except OmegaConfBaseException as e:
+    except OmegaConfBaseException as e:  # an interpolation that does not resolve, a resolver that fails
         raise ConfigError([Problem(getattr(e, "full_key", "") or "", first_line(e))]) from None
 
 

@@ -57,14 +57,19 @@ Float = Annotated[float, Expect("a finite number")]
 Prob = Annotated[float, at.Ge(0), at.Lt(1), Expect("a probability in [0, 1)")]
 Fraction = Annotated[float, at.Ge(0), at.Lt(1), Expect("a number in [0, 1)")]
 Text = Annotated[str, at.MinLen(1), Expect("a non-empty string")]
-Name = Annotated[str, at.MinLen(1), Expect("a non-empty name without dots")]
+Name = Annotated[str, at.MinLen(1), Expect("a name of letters, digits, _ and -")]
 IntList = Annotated[list[Annotated[int, Strict()]], Expect("a list of integers")]
 Globs = Annotated[Union[str, list[str]], Expect("a string or a list of strings")]
 
 
+_NAME = __import__("re").compile(r"^[\w-]+$")
+
+
 def check_name(v: str) -> str:
-    if "." in v:
-        raise ValueError(f"must be a non-empty name without dots, got {v!r}")
+    """A node's name: letters, digits, ``_`` and ``-`` (it becomes part of dotted tensor names and
+    of MLflow metric keys, which allow little else)."""
+    if not _NAME.match(v):
+        raise ValueError(f"must be a name of letters, digits, _ and -, got {v!r}")
     return v
 
 

@@ -46,23 +46,44 @@ class SweepCallback(Callback):
         if t is None:
             (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
             return
-        from runner.tracking.config import client as mlflow_client, default_uri
+        from runner.tracking.config import check_store, client as mlflow_client, default_uri, redact
         from runner.tracking.run import ensure_experiment, store_folder
 
         uri = t.get("uri") or default_uri()
+        check_store(uri)  # a store that cannot be opened fails the sweep once, before any job
         artifact_root = store_folder(uri)
-        client = mlflow_client(uri)
-        exp_id = ensure_experiment(client, t.get("experiment") or "runner", artifact_root)
-        overrides = " ".join(config.hydra.overrides.task) or "(none)"
-        parent = client.create_run(exp_id, run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
-                                   tags={"runner.sweep": "parent", "runner.sweep_dir": str(sweep_dir.resolve()),
-                                         "runner.overrides": overrides})
+        overrides = redact(" ".join(config.hydra.overrides.task)) or "(none)"
+        try:
+            client = mlflow_client(uri)
+            exp_id = ensure_experiment(client, t.get("experiment") or "runner", artifact_root)
+            parent = client.create_run(exp_id, run_name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}",
+                                       tags={"runner.sweep": "parent", "runner.sweep_dir": str(sweep_dir.resolve()),
+                                             "runner.overrides": overrides})
+        except Exception as e:
+            from runner.errors import UserError, first_line
+
+            raise UserError(f"tracking.uri: cannot open the store at {redact(uri)}: {redact(first_line(e))}") from None
         info["parent_run_id"] = parent.info.run_id
         (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
 
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        job = job_context()
+        if job is not None:
+            write_status(job, "STARTED")
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = [json.loads(p.read_text()) for p in sorted(sweep_dir.glob(f"*/{STATUS_FILE}"))]
+        jobs = []
+        for p in sorted(sweep_dir.glob(f"*/{STATUS_FILE}")):
+            try:
+                job = json.loads(p.read_text())
+            except ValueError:
+                job = {"num": p.parent.name, "overrides": "?", "status": "FAILED", "metrics": {},
+                       "error": "unreadable status file"}
+            if job["status"] == "STARTED":  # it never wrote an end: killed
+                job.update(status="FAILED", error="killed: the job ended without a status")
+            jobs.append(job)
+        jobs.sort(key=lambda j: int(j["num"]) if str(j["num"]).isdigit() else 0)
         metric = (config.get("checkpoint") or {}).get("best_metric") or "val/loss"
         mode = (config.get("checkpoint") or {}).get("best_mode") or "min"
         failed = [j for j in jobs if j["status"] != "FINISHED"]
@@ -172,14 +193,34 @@ def job_context() -> dict | None:
 
     base = {same(t) for t in info.get("base") or []}
     varying = [o for o in overrides if same(o) not in base]
-    return {"num": int(hc.job.num), "overrides": " ".join(varying or overrides) or "(none)",
-            "run_name": ",".join(varying)[:240] or f"job-{hc.job.num}",
+    from runner.tracking.config import redact
+
+    return {"num": int(hc.job.num), "overrides": redact(" ".join(varying or overrides)) or "(none)",
+            "run_name": redact(",".join(varying))[:240] or f"job-{hc.job.num}",
             "parent_run_id": info.get("parent_run_id"), "output_dir": Path(hc.runtime.output_dir)}
 
 
 def write_status(ctx: dict, status: str, metrics: dict | None = None, run_id: str | None = None,
                  error: str = "") -> None:
+    """The job's status file, replaced atomically (temp file, fsync, rename): the sweep never reads
+    half a file. STARTED is written when the job starts, so a job killed outright still shows."""
+    import os
+
     ctx["output_dir"].mkdir(parents=True, exist_ok=True)
-    (ctx["output_dir"] / STATUS_FILE).write_text(json.dumps(
-        {"num": ctx["num"], "overrides": ctx["overrides"], "status": status, "metrics": metrics or {},
-         "run_id": run_id, "error": error}))
+    target = ctx["output_dir"] / STATUS_FILE
+    tmp = target.with_name(f".{STATUS_FILE}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(json.dumps({"num": ctx["num"], "overrides": ctx["overrides"], "status": status,
+                            "metrics": metrics or {}, "run_id": run_id, "error": error}))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, target)
+
+
+def job_finished(ctx: dict) -> bool:
+    """Whether the job already wrote its final status."""
+    path = ctx["output_dir"] / STATUS_FILE
+    try:
+        return json.loads(path.read_text())["status"] != "STARTED"
+    except (OSError, ValueError, KeyError):
+        return False

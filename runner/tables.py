@@ -173,4 +173,6 @@ def write_reports(prepared, out: Path) -> None:
     model = ModelInfo.of(prepared.net)
     (out / "model.json").write_text(json.dumps(model.to_dict(), indent=1))
     (out / "architecture.svg").write_text(architecture_svg(model, f"{s.model}: {s.total:,} parameters"))
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.create(prepared.config.plain())))
+    from runner.tracking.config import redact
+
+    (out / "config.yaml").write_text(redact(OmegaConf.to_yaml(OmegaConf.create(prepared.config.plain()))))

@@ -406,10 +406,11 @@ BAD_FIELDS = [  # (node, dotted field, message)
     ({"type": "residual", "layers": [], "projection": "auto"}, "projection", "must be true or false"),
     ({"type": "residual", "layers": []}, "layers", "must be a non-empty list of layers"),
     ({"type": "repeat", "times": 2, "block": {"type": "linear", "out": 1}, "names": ["a.b", "c"]}, "names",
-     "must be a list of names without dots"),
+     "must be a list of names of letters, digits, _ and -"),
     ({"type": "module"}, "_target_", "missing required value"),
     ({"type": "relu", "inplace": True}, "inplace", "unknown key for 'relu'"),
-    ({"type": "linear", "out": 2, "name": "a.b"}, "name", "must be a non-empty name without dots, got 'a.b'"),
+    ({"type": "linear", "out": 2, "name": "a.b"}, "name", "must be a name of letters, digits, _ and -, got 'a.b'"),
+    ({"type": "linear", "out": 2, "name": "enc(0)"}, "name", "must be a name of letters, digits, _ and -, got 'enc(0)'"),
 ]
 
 

@@ -88,8 +88,13 @@ def test_full_error_env_shows_the_trace(run_dir):
     assert "Traceback" in r.stderr
 
 
-def test_unknown_group_option_is_reported_by_hydra(run_dir):
-    r = run_cli("task=inspect", "model=nope", run_dir)
-    assert r.returncode != 0
-    assert "Could not find 'model/nope'" in r.stderr
-    assert "Traceback" not in r.stderr
+@pytest.mark.parametrize("args, expected", [
+    (["model=nope"], "error: model: no preset named 'nope'; presets: char_gpt, d2l_mlp"),
+    (["model=d2l_mlpp"], "error: model: no preset named 'd2l_mlpp' (did you mean 'd2l_mlp'?)"),
+    (["train.lrr=0.1"], "error: train.lrr: unknown key (did you mean 'lr'?)"),
+    (["train.lr=[1,2"], "error: cannot parse the override 'train.lr=[1,2'"),
+])
+def test_hydra_errors_end_like_the_runners_own(args, expected, run_dir):
+    r = run_cli("task=inspect", *args, run_dir)
+    assert r.returncode == 2, r.stderr
+    assert expected in r.stderr and "Traceback" not in r.stderr and "HYDRA_FULL_ERROR" not in r.stderr

@@ -38,16 +38,23 @@ def _register(client: Any, name: str) -> None:
             pass  # created meanwhile by another run
 
 
-def publish(client: Any, run_id: str, final: Entry, store: CheckpointStore, name: str, metric: str | None,
-            mode: str, overrides: str = "(none)") -> str:
+def publish(client: Any, run_id: str, final: Entry, best: Entry | None, name: str, metric: str | None,
+            mode: str, overrides: str = "(defaults)") -> str:
     """Log the final (and best) checkpoint to the run and register the final weights; returns its
     models:/ URI. The version is tagged with what tells it apart from the others: the command
     line's overrides, the step and the metric (its description starts with them too, as the
-    registry's version list shows a description's first characters)."""
-    best = store.best()
-    client.log_artifacts(run_id, str(final.path), "checkpoints/final")
+    registry's version list shows a description's first characters). A run that registers the
+    same step again (a resumed run with nothing left to train) gets its existing version back. A
+    sqlite store busy with another job is waited for."""
+    from runner.tracking.spool import retry_busy
+
+    existing = [v for v in retry_busy(lambda: client.search_model_versions(f"name='{name}'"))
+                if v.run_id == run_id and v.tags.get("step") == str(final.step)] if _exists(client, name) else []
+    if existing:
+        return f"models:/{name}/{existing[0].version}"
+    retry_busy(lambda: client.log_artifacts(run_id, str(final.path), "checkpoints/final"))
     if best is not None and best.path != final.path:
-        client.log_artifacts(run_id, str(best.path), "checkpoints/best")
+        retry_busy(lambda: client.log_artifacts(run_id, str(best.path), "checkpoints/best"))
     meta = read_metadata(final.path / WEIGHTS)
     ties = json.loads(meta.get("runner.tie_map", "{}"))
     tags = {"run_id": run_id, "step": str(final.step), "tie_groups": str(len(ties)), "overrides": overrides[:5000]}
@@ -55,21 +62,48 @@ def publish(client: Any, run_id: str, final: Entry, store: CheckpointStore, name
     if value is not None:
         tags.update({"metric": metric, "metric_value": repr(float(value))})
     description = f"{overrides}; step {final.step}" + (f"; {metric} {value:.4g}" if value is not None else "")
-    _register(client, name)
-    mv = client.create_model_version(name, source=f"runs:/{run_id}/checkpoints/final", run_id=run_id, tags=tags,
-                                     description=description)
+    retry_busy(lambda: _register(client, name))
+    mv = retry_busy(lambda: client.create_model_version(name, source=f"runs:/{run_id}/checkpoints/final",
+                                                        run_id=run_id, tags=tags, description=description))
     if value is not None:
-        better = True
-        try:
-            current = client.get_model_version_by_alias(name, BEST)
-            old = current.tags.get("metric_value")
-            if old is not None and current.tags.get("metric") == metric:
-                better = value < float(old) if mode == "min" else value > float(old)
-        except Exception:
-            pass  # no best yet
-        if better:
-            client.set_registered_model_alias(name, BEST, mv.version)
+        retry_busy(lambda: point_best(client, name, metric, mode))
     return f"models:/{name}/{mv.version}"
+
+
+def _exists(client: Any, name: str) -> bool:
+    from mlflow.exceptions import MlflowException
+
+    from runner.tracking.spool import retry_busy
+
+    try:
+        retry_busy(lambda: client.get_registered_model(name))
+        return True
+    except MlflowException:
+        return False
+
+
+def point_best(client: Any, name: str, metric: str, mode: str) -> str | None:
+    """Point the alias ``best`` at the version with the best ``metric``, among all versions (not
+    only the newest against the current best): jobs that register at the same time all end by
+    computing the same answer, whatever order their writes land in."""
+    scored = [v for v in client.search_model_versions(f"name='{name}'")
+              if v.tags.get("metric") == metric and v.tags.get("metric_value") is not None]
+    if not scored:
+        return None
+    pick = min if mode == "min" else max
+    best = pick(scored, key=lambda v: (float(v.tags["metric_value"]), -int(v.version) if mode == "min" else int(v.version)))
+    client.set_registered_model_alias(name, BEST, best.version)
+    return str(best.version)
+
+
+def publish_deferred(client: Any, run_id: str, record: dict) -> str:
+    """Register what a run could not register at its end (a spool ``register`` record)."""
+    from runner.checkpoint.store import verify
+
+    final = verify(Path(record["final"]))
+    best = verify(Path(record["best"])) if record.get("best") else None
+    return publish(client, run_id, final, best, record["name"], record.get("metric"), record.get("mode", "min"),
+                   record.get("overrides", "(defaults)"))
 
 
 @dataclass

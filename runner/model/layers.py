@@ -483,8 +483,9 @@ class Repeat(Node):
     container = True
     times: PosInt = Field(description="number of copies")
     block: Any = Field(description="the node to copy")
-    names: Optional[Annotated[list[Annotated[str, Field(min_length=1, pattern=r"^[^.]+$")]],
-                              Expect("a list of names without dots")]] = Field(None, description="explicit names for the copies")
+    names: Optional[Annotated[list[Annotated[str, Field(min_length=1, pattern=r"^[\w-]+$")]],
+                              Expect("a list of names of letters, digits, _ and -")]] = Field(
+        None, description="explicit names for the copies")
     name_format: Text = Field("block-{i}", description="copy names; {i} is the copy index")
 
     @field_validator("name_format")
@@ -492,6 +493,10 @@ class Repeat(Node):
     def _has_index(cls, v):
         if "{i}" not in v:
             raise ValueError(f"must contain '{{i}}', got {v!r}")
+        try:
+            check_name(v.format(i=0))
+        except (ValueError, KeyError, IndexError):
+            raise ValueError(f"must give names of letters, digits, _ and - (with {{i}}), got {v!r}") from None
         return v
 
     def problems(self):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
 
@@ -64,13 +65,57 @@ def check_tracking(cfg: Any, path: str = "tracking") -> list:
     return TrackingConfig.parse(cfg, path)[1]
 
 
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/\s]*):(?P<password>[^@/\s]+)@")
+
+
+def redact(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` replaced by ``***``."""
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text) if isinstance(text, str) else text
+
+
+def connect_uri(uri: str) -> str:
+    """The URI MLflow should connect to: an HTTP(S) server's ``user:password@`` moves into
+    ``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` (how MLflow takes credentials), so
+    that nothing the runner prints, logs or saves carries them."""
+    m = _CREDENTIALS.match(uri)
+    if m is None or m["scheme"].lower() not in ("http://", "https://"):
+        return uri
+    os.environ["MLFLOW_TRACKING_USERNAME"], os.environ["MLFLOW_TRACKING_PASSWORD"] = m["user"], m["password"]
+    return m["scheme"] + uri[m.end():]
+
+
 def client(uri: str | None = None):
     """An ``MlflowClient`` on ``uri`` (default: ``default_uri()``), MLflow's INFO chatter off."""
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     from mlflow import MlflowClient
 
-    return MlflowClient(uri or default_uri())
+    return MlflowClient(connect_uri(uri or default_uri()))
+
+
+def check_store(uri: str) -> None:
+    """Fail at once, with a clear message, on a store MLflow could not open (it would otherwise
+    retry for minutes, or fail with a library trace)."""
+    from runner.errors import UserError
+
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme == "sqlite":
+        path = Path(uri[len("sqlite:///"):])
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"tracking.uri: cannot create the folder of the sqlite store {path.parent}: "
+                            f"{e.strerror or e}") from None
+        if path.is_dir():
+            raise UserError(f"tracking.uri: {path} is a folder, not a sqlite database file")
+        if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.R_OK | os.W_OK)):
+            raise UserError(f"tracking.uri: cannot write the sqlite store {path} (permission denied)")
+        return
+    from mlflow.tracking._tracking_service.utils import _tracking_store_registry
+
+    known = sorted(k for k in _tracking_store_registry._registry if k)
+    if scheme.split("+")[0] not in known:  # postgresql+psycopg2: a database and its driver
+        raise UserError(f"tracking.uri: MLflow has no store for {redact(uri)!r} (known schemes: {', '.join(known)})")
 
 
 def default_uri(base: Path | None = None) -> str:

@@ -7,15 +7,14 @@ directory's reports and ``.hydra/`` configs are logged as artifacts.
 """
 from __future__ import annotations
 
-import signal
 import subprocess
-import threading
 from pathlib import Path
 from typing import Any
 
 from runner.errors import Terminated, UserError, first_line
-from runner.tracking.config import default_uri
+from runner.tracking.config import default_uri, redact
 from runner.tracking.sink import MlflowSink, SinkReport
+from runner.tracking.spool import SPOOL, is_busy, is_outage
 
 PARAM_VALUE_MAX = 6000
 
@@ -30,7 +29,7 @@ def flatten(cfg: Any, prefix: str = "") -> dict[str, str]:
         return out
     for k, v in items:
         out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
-    return out
+    return {k: redact(v) for k, v in out.items()}
 
 
 def git_commit(where: Path) -> str | None:
@@ -83,54 +82,60 @@ class TrackedRun:
         self.status = "RUNNING"
         self.sink_report: SinkReport | None = None
         self._monitor = None
-        self._old_handler = None
         self.resume_run_id = resume_run_id
         self.name = name
+        self.deferred: list[str] = []  # what the store could not take and the spool keeps
 
     def __enter__(self) -> "TrackedRun":
         import os
 
+        from runner.tracking.config import check_store, client
+
+        check_store(self.uri)
         if self.uri.startswith(("http://", "https://")):
             # a tracking server: fail fast instead of MLflow's minutes of retries; the writer
             # spools through outages (these settings reach it through the environment)
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(self.tcfg.http_timeout_s)))
+        self.client = client(self.uri)
         try:
-            return self._start()
-        except Exception as e:
-            if self.uri.startswith(("http://", "https://")) and "onnect" in str(e):
-                raise UserError(f"tracking.uri: the tracking server at {self.uri} is unreachable "
-                                f"({first_line(e)[:200]})") from None
+            self._open()
+        except (UserError, KeyboardInterrupt, Terminated):
             raise
+        except Exception as e:
+            raise UserError(f"tracking.uri: cannot open the store at {redact(self.uri)}: {first_line(e)[:300]}") from None
+        try:  # from here on the run exists: whatever happens, it ends with a true status
+            self._start()
+        except BaseException as e:
+            self._finish(type(e))
+            raise
+        return self
 
-    def _start(self) -> "TrackedRun":
-        from mlflow import MlflowClient
+    def _open(self) -> None:
+        """The experiment, and the run: a new one, or the one being resumed (same id, steps go on)."""
+        self.experiment_id = ensure_experiment(self.client, self.tcfg.experiment, store_folder(self.uri))
+        if self.resume_run_id:
+            info = self.client.get_run(self.resume_run_id).info
+            self.run_id, self.experiment_id, self.name = self.resume_run_id, info.experiment_id, info.run_name
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            tags = {"runner.task": "train", "runner.run_dir": str(self.run_dir.resolve()), **self.extra_tags}
+            commit = git_commit(Path.cwd())
+            if commit:
+                tags["mlflow.source.git.commit"] = commit
+            self.name = self.run_name()
+            self.run_id = self.client.create_run(self.experiment_id, run_name=self.name, tags=tags).info.run_id
+
+    def _start(self) -> None:
         from mlflow.entities import Param
 
-        artifact_root = store_folder(self.uri)
-        self.client = MlflowClient(self.uri)
-        self.experiment_id = ensure_experiment(self.client, self.tcfg.experiment, artifact_root)
-        tags = {"runner.task": "train", "runner.run_dir": str(self.run_dir.resolve()), **self.extra_tags}
-        commit = git_commit(Path.cwd())
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-        logged: dict[str, int] = {}
-        if self.resume_run_id:  # continue the same run: same id, steps go on, none twice
-            self.run_id = self.resume_run_id
-            info = self.client.get_run(self.run_id).info
-            self.experiment_id, self.name = info.experiment_id, info.run_name
-            self.client.update_run(self.run_id, status="RUNNING")
-            logged = self.logged_steps()
-        else:
-            self.name = self.run_name()
-            run = self.client.create_run(self.experiment_id, run_name=self.name, tags=tags)
-            self.run_id = run.info.run_id
+        logged = self.logged_steps() if self.resume_run_id else {}
         self.sink = MlflowSink(self.uri, self.run_id, self.tcfg.queue_size, skip_upto=logged,
-                               spool_file=str(self.run_dir / "mlflow_spool.jsonl"),
-                               drain_seconds=self.tcfg.drain_timeout_s)
+                               spool_file=str(self.spool), drain_seconds=self.tcfg.drain_timeout_s)
         if self.resume_run_id:
             for k, v in self.extra_tags.items():
                 self.client.set_tag(self.run_id, k, v)
+            self.sink.replay(self.predecessor_spools())
         else:
             params = [Param(k, v) for k, v in flatten(self.config.plain()).items()]
             for i in range(0, len(params), 100):
@@ -138,9 +143,21 @@ class TrackedRun:
         self.sink.wait_ready()
         if self.tcfg.system_metrics:
             self._start_system_metrics()
-        if threading.current_thread() is threading.main_thread():
-            self._old_handler = signal.signal(signal.SIGTERM, _raise_terminated)
-        return self
+
+    @property
+    def spool(self) -> Path:
+        return self.run_dir / SPOOL
+
+    def predecessor_spools(self) -> list[str]:
+        """Spool files an earlier, killed part of this run may have left undelivered."""
+        folders = {self.run_dir.resolve()}
+        try:
+            old = self.client.get_run(self.run_id).data.tags.get("runner.run_dir")
+            if old:
+                folders.add(Path(old).resolve())
+        except Exception:
+            pass
+        return [str(f / SPOOL) for f in sorted(folders) if (f / SPOOL).is_file()]
 
     def logged_steps(self) -> dict[str, int]:
         """The last step the store holds for each metric of the run being resumed."""
@@ -179,38 +196,55 @@ class TrackedRun:
             self._monitor = None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
+        self._finish(exc_type)
+        return False
+
+    def _finish(self, exc_type) -> None:
+        """End the run with its true status. A kill (Ctrl-C, SIGTERM) records KILLED first, before
+        anything slow, so that a follow-up SIGKILL finds the status already written; whatever the
+        store cannot take now is deferred to the spool for the replay command."""
         if exc_type is None:
             self.status = "FINISHED"
         elif issubclass(exc_type, (KeyboardInterrupt, Terminated, SystemExit)):  # SystemExit: a requeue
             self.status = "KILLED"
+            release_connections(self.uri)  # a registry call cut short must not keep a sqlite lock
+            self._set_terminated(attempts=1)
         else:
             self.status = "FAILED"
-        if self._old_handler is not None:
-            signal.signal(signal.SIGTERM, self._old_handler)
+        sink = getattr(self, "sink", None)
         try:
-            self.sink_report = self.sink.close()
+            if sink is not None:
+                self.sink_report = sink.close()
             if self._monitor is not None:
                 self._monitor.finish()
         finally:
-            self._set_terminated()
-        return False
+            if not self._set_terminated():
+                self.defer({"status": self.status})
 
-    def _set_terminated(self, seconds: float = 120) -> None:
-        """Record the final status, retrying while a tracking server is away."""
+    def _set_terminated(self, attempts: int = 3) -> bool:
+        """Record the final status; False when the store cannot be reached."""
         import time
 
-        deadline = time.monotonic() + seconds
-        while True:
+        for attempt in range(attempts):
             try:
                 self.client.set_terminated(self.run_id, self.status)
-                return
-            except Exception:
-                if time.monotonic() > deadline:
+                return True
+            except Exception as e:
+                if not is_outage(e) and not is_busy(e):
                     raise
-                time.sleep(1.0)
+                if attempt < attempts - 1:
+                    time.sleep(1.0)
+        return False
+
+    def defer(self, record: dict) -> None:
+        """Keep something the store could not take (a status, tags, a registration) in the spool."""
+        from runner.tracking.spool import append
+
+        append(self.spool, {"run_id": self.run_id, **record})
+        self.deferred.append(next(iter(record)))
 
     def ui_command(self) -> str:
-        return f"mlflow ui --backend-store-uri '{self.uri}' --host 127.0.0.1 --port 5000"
+        return f"mlflow ui --backend-store-uri '{redact(self.uri)}' --host 127.0.0.1 --port 5000"
 
     def ui_link(self) -> str:
         """The run's page; ``workflowType`` makes the UI show its model-training views."""
@@ -228,12 +262,24 @@ class TrackedRun:
                 "**Health:** " + "; ".join(f"{f.rule}: {f.message}" for f in findings[:5]))
         tags["mlflow.note.content"] = (note + "\n\nThe run report: Artifacts → report.html "
                                        "(layer health, gradient flow, update ratios, heat maps).")[:4900]
-        for k, v in tags.items():
-            try:
-                self.client.set_tag(self.run_id, k, v)
-            except Exception as e:  # the store is away: the report still has it all
-                self.sink.report.errors.append(f"tag {k}: {first_line(e)}")
+        try:
+            from mlflow.entities import RunTag
+
+            self.client.log_batch(self.run_id, tags=[RunTag(k, v) for k, v in tags.items()], synchronous=True)
+        except Exception as e:
+            if not is_outage(e):
+                raise
+            self.defer({"tags": tags})
 
 
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
+def release_connections(uri: str) -> None:
+    """Close this process's connections to a sqlite store (a transaction cut short by a signal
+    would otherwise hold its lock while the writer waits on it)."""
+    try:
+        from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+        engine = SqlAlchemyStore._engine_map.get(uri)
+        if engine is not None:
+            engine.dispose()
+    except Exception:
+        pass

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.errors import first_line
+from runner.tracking.spool import BATCH, append, is_outage, send_metrics
 
-BATCH = 1000          # metrics per log_batch call (MLflow's limit)
 FLUSH_SECONDS = 2.0   # the longest a value waits in the writer before it is written
 FEED_SECONDS = 0.25   # how often the training process forwards what was queued to the writer
 STOP = "stop"
@@ -43,11 +43,15 @@ class SinkReport:
     images: int = 0         # images logged
     finished_at: float = 0.0  # wall-clock time (time.time()) when the writer had written everything
     outages: int = 0        # times the store became unreachable (batches were spooled meanwhile)
+    left: int = 0           # metric values still in the spool (the store stayed away)
+    deferred: int = 0       # uploads kept in the spool for later
+    notes: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
 
     @property
     def lost(self) -> int:
-        return self.queued - self.delivered
+        """Values neither delivered nor kept in the spool for later."""
+        return max(self.queued - self.delivered - self.left, 0)
 
 
 class MlflowSink:
@@ -140,6 +144,11 @@ class MlflowSink:
         render: the newest covers the run so far) and the HTML report in the writer."""
         self._put(("review", review))
 
+    def replay(self, spools: list[str]) -> None:
+        """Have the writer deliver what earlier parts of the run left in these spool files."""
+        if spools:
+            self._put(("replay", spools))
+
     def artifacts(self, files: list[str], dirs: dict[str, str] | None = None) -> None:
         """Upload files to the run root and directories under the given artifact paths."""
         self._put(("artifacts", files, dirs or {}))
@@ -180,6 +189,9 @@ class MlflowSink:
             self.report.images = done["images"]
             self.report.finished_at = done["finished_at"]
             self.report.outages = done.get("outages", 0)
+            self.report.left = done.get("left", 0)
+            self.report.deferred = done.get("deferred", 0)
+            self.report.notes = done.get("notes", [])
             self.report.errors.extend(done["errors"])
         except (json.JSONDecodeError, KeyError):
             self.report.errors.append(f"the writer did not finish within {timeout:.0f}s")
@@ -194,10 +206,11 @@ class MlflowSink:
 class _Writer:
     """Writes batches; while the store is unreachable, keeps them in a spool and retries.
 
-    A batch that fails is appended to the spool file (JSON lines) and kept in memory; later
-    batches queue behind it, and the spool is retried every ``RETRY_SECONDS`` and at the end for
-    up to ``drain_seconds``. What is still undelivered then stays in the spool file, and is
-    reported.
+    A batch that fails because the store is away is appended to the spool file and kept in
+    memory; later batches queue behind it, and the spool is retried every ``RETRY_SECONDS`` and at
+    the end for up to ``drain_seconds``. What is still undelivered then stays in the spool file,
+    and is reported. A metric key the store refuses is reported once and dropped, never blocking
+    the rest; an upload the store cannot take now is deferred to the spool too.
     """
 
     def __init__(self, client: Any, run_id: str, spool_file: str | None = None, drain_seconds: float = 120):
@@ -206,10 +219,13 @@ class _Writer:
         self.delivered = 0
         self.images = 0
         self.errors: list[str] = []
+        self.notes: list[str] = []
+        self.refused: dict[str, str] = {}
         self.spool: list[list] = []
         self.spool_file = spool_file
         self.drain_seconds = drain_seconds
         self.outages = 0
+        self.deferred = 0        # uploads kept in the spool for later
         self.last_error = ""
 
     def handle(self, items: list) -> None:
@@ -227,6 +243,8 @@ class _Writer:
                 self.review(item[1])
             elif item[0] == "artifacts":
                 self.upload(*item[1:])
+            elif item[0] == "replay":
+                self.replay(item[1])
         self.flush(metrics)
 
     def flush(self, metrics: list) -> None:
@@ -237,13 +255,19 @@ class _Writer:
             if self.spool or not self.send(chunk):
                 self.to_spool(chunk)
 
+    def _refused(self, key: str, why: str) -> None:
+        if key not in self.refused:
+            self.refused[key] = why
+            self.errors.append(f"the store refuses the metric key {key!r}; its values are dropped ({why})")
+
     def send(self, chunk: list) -> bool:
+        """Deliver a batch (keys the store refuses are dropped); False when the store is away."""
         try:
-            self.client.log_batch(self.run_id, metrics=chunk, synchronous=True)
-        except Exception as e:  # unreachable or failing store: the caller spools the batch
+            sent = send_metrics(self.client, self.run_id, chunk, self._refused)
+        except Exception as e:  # unreachable or busy store: the caller spools the batch
             self.last_error = f"{type(e).__name__}: {first_line(e)}"
             return False
-        self.delivered += len(chunk)
+        self.delivered += sent
         return True
 
     def to_spool(self, chunk: list) -> None:
@@ -251,9 +275,8 @@ class _Writer:
             self.outages += 1
         self.spool.append(chunk)
         if self.spool_file:
-            with open(self.spool_file, "a") as f:
-                f.write(json.dumps({"run_id": self.run_id, "metrics": [[m.key, m.value, m.timestamp, m.step]
-                                                                      for m in chunk]}) + "\n")
+            append(self.spool_file, {"run_id": self.run_id,
+                                     "metrics": [[m.key, m.value, m.timestamp, m.step] for m in chunk]})
 
     def retry_spool(self) -> None:
         while self.spool and self.send(self.spool[0]):
@@ -268,12 +291,10 @@ class _Writer:
                 time.sleep(1.0)
         if self.spool:
             left = sum(len(c) for c in self.spool)
-            self.errors.append(f"{left} metric values could not be delivered ({self.last_error}); "
-                               f"they are kept in {self.spool_file}: once the store is back, deliver "
-                               f"them with: python -m runner.tracking.spool {self.spool_file}")
-        elif self.outages and self.spool_file:
-            with open(self.spool_file, "a") as f:
-                f.write(json.dumps({"run_id": self.run_id, "delivered": True}) + "\n")
+            self.errors.append(f"{left} metric values could not be delivered yet ({self.last_error}); they are kept "
+                               f"in {self.spool_file}")
+        elif self.outages and self.spool_file and not self.deferred:
+            append(self.spool_file, {"run_id": self.run_id, "delivered": True})
 
     def review(self, review: dict) -> None:
         """Heat maps as artifacts (not step images: no card per tensor among the run's charts),
@@ -283,42 +304,61 @@ class _Writer:
 
         from runner.tracking.report import build, heatmap_png
 
-        maps = {}
+        meta = review.get("meta") or {}
         with tempfile.TemporaryDirectory(prefix="runner-review-") as tmp:
+            folder = Path(meta.get("run_dir") or tmp)
+            maps = {}
             for key, (steps, series) in review["series"].items():
                 maps[key] = heatmap_png(f"{key}  (step {review['step']})", steps, series, review["bins"])
-                path = Path(tmp) / "heatmaps" / f"{key}.png"
+                path = folder / "heatmaps" / f"{key}.png"
                 path.parent.mkdir(parents=True, exist_ok=True)
                 path.write_bytes(maps[key])
-            if maps and self.guard(lambda: self.client.log_artifacts(self.run_id, str(Path(tmp) / "heatmaps"),
-                                                                     "heatmaps")):
+            if maps and self.guard(lambda: self.client.log_artifacts(self.run_id, str(folder / "heatmaps"),
+                                                                     "heatmaps"), [str(folder / "heatmaps"), "heatmaps"]):
                 self.images += len(maps)
-            meta = review.get("meta")
-            if meta is None:
+            if not meta.get("report", True) or not meta:
                 return
-            page = build(review, maps)
-            target = Path(meta["run_dir"]) / "report.html" if meta.get("run_dir") else Path(tmp) / "report.html"
+            target = folder / "report.html"
             staging = target.with_name(f".report.html.tmp-{os.getpid()}")
-            staging.write_text(page, encoding="utf-8")
+            staging.write_text(build(review, maps), encoding="utf-8")
             os.replace(staging, target)
-            self.guard(lambda: self.client.log_artifact(self.run_id, str(target)))
+            self.guard(lambda: self.client.log_artifact(self.run_id, str(target)), [str(target), None])
 
     def upload(self, files: list[str], dirs: dict[str, str]) -> None:
         for f in files:
-            self.guard(lambda f=f: self.client.log_artifact(self.run_id, f))
+            self.guard(lambda f=f: self.client.log_artifact(self.run_id, f), [f, None])
         for path, name in dirs.items():
-            self.guard(lambda p=path, n=name: self.client.log_artifacts(self.run_id, p, artifact_path=n))
+            self.guard(lambda p=path, n=name: self.client.log_artifacts(self.run_id, p, artifact_path=n), [path, name])
 
-    def guard(self, fn, tries: int = 3) -> bool:
+    def replay(self, paths: list[str]) -> None:
+        """Deliver what an earlier, killed part of this run left in its spool files."""
+        from pathlib import Path
+
+        from runner.tracking.spool import replay
+
+        for p in paths:
+            try:
+                sent, _ = replay(Path(p), self.client, self.notes.append)
+                if sent:
+                    self.notes.append(f"delivered {sent} value(s) an earlier part of this run left in {p}")
+            except Exception as e:
+                self.errors.append(f"could not deliver what {p} holds yet: {first_line(e)}")
+
+    def guard(self, fn, deferred: list | None = None, tries: int = 3) -> bool:
+        """``fn()`` with retries; when the store stays away, the upload is deferred to the spool."""
         for attempt in range(tries):
             try:
                 fn()
                 return True
-            except Exception as e:  # the store may be busy or away: retry, then report
+            except Exception as e:  # the store may be busy or away: retry, then defer or report
                 if attempt == tries - 1:
-                    self.errors.append(f"{type(e).__name__}: {first_line(e)}")
+                    if deferred is not None and self.spool_file and is_outage(e):
+                        append(self.spool_file, {"run_id": self.run_id, "artifacts": [deferred]})
+                        self.deferred += 1
+                    else:
+                        self.errors.append(f"{type(e).__name__}: {first_line(e)}")
                     return False
-                time.sleep(0.2 * (attempt + 1))
+                time.sleep(0.2 * (attempt + 1) if not is_outage(e) else 1.0)
         return False
 
 
@@ -454,7 +494,8 @@ def _writer_main(uri: str, run_id: str, spool_file: str | None = None, drain_sec
             writer.handle(pending)
             pending, waiting = [], 0
     print(json.dumps({"delivered": writer.delivered, "images": writer.images, "errors": writer.errors,
-                      "outages": writer.outages, "finished_at": time.time()}), file=out, flush=True)
+                      "outages": writer.outages, "finished_at": time.time(), "left": sum(len(c) for c in writer.spool),
+                      "deferred": writer.deferred, "notes": writer.notes}), file=out, flush=True)
 
 
 if __name__ == "__main__":

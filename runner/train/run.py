@@ -6,6 +6,7 @@ from pathlib import Path
 
 from runner.errors import UserError
 from runner.tables import run_directory, write_reports
+from runner.tracking.config import redact
 
 
 def hydra_tags() -> dict[str, str]:
@@ -17,7 +18,7 @@ def hydra_tags() -> dict[str, str]:
         hc = HydraConfig.get()
         tags = {f"runner.{group}": str(choice) for group, choice in hc.runtime.choices.items()
                 if not group.startswith("hydra") and choice is not None}
-        tags["runner.overrides"] = " ".join(hc.overrides.task) or "(none)"
+        tags["runner.overrides"] = redact(" ".join(hc.overrides.task)) or "(none)"
         return tags
     except (ImportError, ValueError):
         return {}
@@ -61,7 +62,7 @@ def _train(prepared, strategy, job: dict | None) -> float | None:
 
         from runner.checkpoint.checkpointer import Checkpointer
 
-        return Checkpointer(folder, ccfg, prepared.net, OmegaConf.to_yaml(OmegaConf.create(cfg.plain())), run_id,
+        return Checkpointer(folder, ccfg, prepared.net, redact(OmegaConf.to_yaml(OmegaConf.create(cfg.plain()))), run_id,
                             write=strategy.is_main)
 
     every = tcfg.every_n_steps if tcfg.enabled else READ_EVERY
@@ -95,19 +96,24 @@ def _train(prepared, strategy, job: dict | None) -> float | None:
         raise UserError(f"tracking.max_keys: this model would log {collector.keys_per_step()} metric keys per run, "
                         f"over the budget of {budget} (the MLflow UI slows with many keys). Trim tracking.stats, "
                         "or raise tracking.max_keys.")
+    name = ccfg.registered_name or cfg.model.get("name", "model")
+    check_names(cfg, collector, ("checkpoint.registered_name" if ccfg.registered_name else "model.name", name)
+                if ccfg.enabled and ccfg.register_ else None)
     tags = {**hydra_tags(), "runner.checkpoint_dir": str(folder.resolve())}
     if entry is not None:
         tags["runner.resumed_from_step"] = str(entry.step)
     if job and job["parent_run_id"]:
         tags["mlflow.parentRunId"] = job["parent_run_id"]
     resume_run = (resume or {}).get("run_id") or None
+    registered = None
     with TrackedRun(cfg, out, tags, resume_run_id=resume_run, name=job["run_name"] if job else None) as run:
         run.log_artifacts()
         ckpt = checkpointer(run.run_id)
         meta = {"title": f"{cfg.model.get('name', 'model')} · {run.name}", "run_id": run.run_id,
                 "model": f"model {cfg.model.get('name', 'model')}, {sum(p.numel() for p in prepared.net.params().values()):,} "
-                         f"parameters", "run_dir": str(out), "init_report": prepared.init_report.to_dict()}
-        tracker = Tracker(collector, run.sink, tcfg, meta if tcfg.report.enabled else None)
+                         f"parameters", "run_dir": str(out), "init_report": prepared.init_report.to_dict(),
+                "report": tcfg.report.enabled}
+        tracker = Tracker(collector, run.sink, tcfg, meta)
         baselines = prepared.data.baselines()
         if baselines and resume is None:
             tracker.log(baselines, 0)
@@ -117,15 +123,10 @@ def _train(prepared, strategy, job: dict | None) -> float | None:
         samples = write_samples(prepared, out)
         if samples is not None:
             run.sink.artifacts([str(samples)])
-        registered = None
         final = ckpt and (ckpt.last or ckpt.store.latest())  # latest(): resumed with nothing left to train
         if final and ccfg.register_:
-            from runner.checkpoint.registry import publish
-
-            registered = publish(run.client, run.run_id, final, ckpt.store,
-                                 ccfg.registered_name or cfg.model.get("name", "model"),
-                                 ccfg.best_metric, ccfg.best_mode,
-                                 job["overrides"] if job else telling_overrides(tags.get("runner.overrides", "")))
+            registered = register(run, final, ckpt.store.best(), name, ccfg,
+                                  job["overrides"] if job else telling_overrides(tags.get("runner.overrides", "")))
     rep = run.sink_report
     print(f"run {run.run_id} ({run.status}) in experiment '{tcfg.experiment}': "
           f"{result.steps} steps, {_fmt(result.final, prepared.data)}")
@@ -133,7 +134,10 @@ def _train(prepared, strategy, job: dict | None) -> float | None:
           + (f", training waited {rep.waited_s:.2f}s on a full queue (backlog peaked at {rep.max_backlog} items)"
              if rep.waited_s > 0.01 else "")
           + (f", {rep.outages} store outage(s) bridged" if rep.outages else "")
-          + (f", {rep.lost} lost: {rep.errors[0]}" if rep.lost else ""))
+          + (f", {rep.left} kept for later" if rep.left else "")
+          + (f", {rep.lost} lost" if rep.lost else ""))
+    for line in [*rep.notes, *rep.errors]:
+        print(f"  note: {redact(line)}")
     if result.skipped:
         print(f"  {result.skipped} non-finite step(s) skipped")
     print(f"  health: {len(findings)} finding(s)" if findings else "  health: no findings")
@@ -142,10 +146,49 @@ def _train(prepared, strategy, job: dict | None) -> float | None:
     print(f"  run directory: {out}" + (f"  (report: {out / 'report.html'})" if tcfg.report.enabled else ""))
     if registered:
         print(f"  weights: {registered}")
+    deferred = ([f"{rep.left} metric values"] if rep.left else []) + ([f"{rep.deferred} upload(s)"] if rep.deferred
+                                                                        else []) + run.deferred
+    if deferred:
+        print(f"  the store was unreachable at the end; kept for later: {', '.join(deferred)}. Once it is back, deliver "
+              f"them with: python -m runner.tracking.spool {run.spool}")
     print(f"  view it: {run.ui_command()}  then open {run.ui_link()}")
     if job:
         write_status(job, "FINISHED", result.final, run.run_id)
     return objective(cfg, result.final)
+
+
+def register(run, final, best, name: str, ccfg, overrides: str) -> str:
+    """Register the final weights (see ``runner.checkpoint.registry.publish``); when the store is
+    unreachable, the registration is deferred to the spool."""
+    from runner.checkpoint.registry import publish
+    from runner.tracking.spool import is_outage
+
+    try:
+        return publish(run.client, run.run_id, final, best, name, ccfg.best_metric, ccfg.best_mode, overrides)
+    except Exception as e:
+        if not is_outage(e):
+            raise
+        run.defer({"register": {"final": str(final.path), "best": str(best.path) if best else None, "name": name,
+                                "metric": ccfg.best_metric, "mode": ccfg.best_mode, "overrides": overrides}})
+        return f"{name} (registration deferred: the store is unreachable)"
+
+
+def check_names(cfg, collector, registered) -> None:
+    """Everything the run will send, checked against MLflow's own limits before the run exists."""
+    from runner.errors import ConfigError
+    from runner.tracking.keys import KeyNames
+    from runner.tracking.limits import problems
+    from runner.tracking.run import flatten
+
+    names = KeyNames(collector.names)
+    layers = [n for n in collector.net.leaf_modules()]
+    names.index.update(KeyNames(layers).index)
+    keys = [names.display(f"{stat}/{n}", 1.0)[0] for n in collector.names
+            for stat in ("grad_norm", "weight_std", "update_ratio")] + \
+           [names.display(f"act_mean/{layer}", 1.0)[0] for layer in layers]
+    found = problems(flatten(cfg.plain()), keys, cfg.tracking.experiment, registered)
+    if found:
+        raise ConfigError(found)
 
 
 class NullSink:
