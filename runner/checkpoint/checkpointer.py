@@ -71,20 +71,50 @@ def find_entry(path: Path) -> Entry:
     raise CheckpointError(f"no committed checkpoint at {path}")
 
 
-def load_checkpoint(entry: Entry, net) -> dict:
-    """Load an entry's weights into ``net`` (checked against the model) and return its state."""
+def load_checkpoint(entry: Entry, net, config: dict | None = None) -> dict:
+    """Load an entry's weights into ``net`` (checked against the model) and return its state.
+    With ``config`` (the run's plain config), a resume that could not continue exactly (another
+    seed, other data, another batch or accumulation) is refused; other training changes
+    (more epochs, another learning rate) are allowed and said."""
     tensors, meta = read_weights(entry.path / WEIGHTS)
     if meta.get("runner.config_hash") not in (None, config_hash(net.config)):
         raise CheckpointError(f"{entry.path} was written for a different model config; "
                               "resume with the model config it was trained with")
+    state = load_state(entry.path / STATE)
+    if config is not None and isinstance(state.get("config"), str):
+        compare_configs(state["config"], config, entry.path)
     load_into(net, tensors, meta, str(entry.path))
-    return load_state(entry.path / STATE)
+    return state
+
+
+def compare_configs(saved_text: str, config: dict, where: Path) -> None:
+    from omegaconf import OmegaConf
+
+    from runner.tracking.run import flatten
+
+    saved = flatten(OmegaConf.to_container(OmegaConf.create(saved_text)))
+    now = flatten(config)
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    exact = [k for k in changed if k == "seed" or k.startswith("data.") or k == "train.accumulate"]
+    if exact:
+        raise CheckpointError(f"{where} was trained with other " + ", ".join(
+            f"{k}={saved.get(k, '(unset)')} (now {now.get(k, '(unset)')})" for k in exact)
+            + "; a resume continues the same data order and batches, so these must match. Start a new run "
+              "instead (init.warm_start can begin from these weights)")
+    others = [k for k in changed if k.startswith("train.") and k not in ("train.resume", "train.progress")]
+    if others:
+        print(f"resuming with changed settings: " + ", ".join(f"{k} {saved.get(k, '(unset)')} -> {now.get(k, '(unset)')}"
+                                                               for k in others))
 
 
 def resolve_resume(ref: str, run_dir: Path, tracking_uri: str | None) -> Entry | None:
     """The checkpoint entry ``train.resume`` points to (None for ``auto`` with nothing to resume)."""
     if ref == "auto":
-        return CheckpointStore(run_dir / "checkpoints").latest()
+        store = CheckpointStore(run_dir / "checkpoints")
+        entry = store.latest()
+        for why in store.skipped:
+            print(f"train.resume=auto: skipped a damaged checkpoint: {why}")
+        return entry
     if RUN_ID.match(ref) and not Path(ref).exists():
         from runner.tracking.config import client as mlflow_client, default_uri
 

@@ -19,15 +19,13 @@ EXIT_USER_ERROR = 2
 
 
 def _load(ref: str, uri: str | None):
-    from runner.checkpoint.registry import resolve_ref
-    from runner.checkpoint.weights import file_tie_map, read_weights
-
+    from runner.checkpoint.registry import read_ref
+    from runner.checkpoint.weights import file_tie_map
     from runner.tracking.config import client as mlflow_client
 
     client = mlflow_client(uri) if ref.startswith(("runs:/", "models:/")) else None
-    resolved = resolve_ref(ref, uri, client)
-    tensors, meta = read_weights(resolved.weights)
-    return tensors, meta, file_tie_map(meta) or {}, resolved.description
+    tensors, meta, description = read_ref(ref, uri, client)
+    return tensors, meta, file_tie_map(meta) or {}, description
 
 
 def _kind(name: str, meta: dict) -> str:
@@ -136,9 +134,12 @@ def cmd_diff(args) -> None:
 
 
 def cmd_export(args) -> None:
+    from runner.checkpoint.weights import check_finite
     from runner.errors import UserError
 
     tensors, meta, ties, desc = _load(args.ref, args.tracking_uri)
+    if not args.allow_nonfinite:
+        check_finite(tensors, f"{desc} (export anyway with --allow-nonfinite)")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.suffix == ".safetensors":
@@ -177,15 +178,29 @@ def main(argv: list[str] | None = None) -> None:
     e = sub.add_parser("export", help="write a REF's weights to .safetensors or .npz")
     e.add_argument("ref")
     e.add_argument("--out", required=True)
+    e.add_argument("--allow-nonfinite", action="store_true", help="export weights that hold NaN or Inf")
     e.set_defaults(fn=cmd_export)
     args = ap.parse_args(argv)
-    from runner.errors import UserError
+    import os
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    from runner.errors import UserError, first_line
+    from runner.tracking.config import check_store, default_uri, redact
 
     try:
+        if args.cmd == "list" or any(str(getattr(args, k, "")).startswith(("runs:/", "models:/"))
+                                     for k in ("ref", "a", "b")):
+            check_store(args.tracking_uri or default_uri())
         args.fn(args)
     except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {redact(str(err))}", file=sys.stderr)
         sys.exit(EXIT_USER_ERROR)
+    except Exception as err:  # the store: unreachable, or refusing
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"error: the store at {redact(args.tracking_uri or default_uri())}: {type(err).__name__}: "
+              f"{redact(first_line(err))}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

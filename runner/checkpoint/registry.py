@@ -106,31 +106,31 @@ def publish_deferred(client: Any, run_id: str, record: dict) -> str:
                    record.get("overrides", "(defaults)"))
 
 
-@dataclass
-class Resolved:
-    weights: Path       # the .safetensors file
-    description: str    # where it came from, for reports
+def read_ref(ref: str, tracking_uri: str | None = None, client: Any = None):
+    """(tensors, metadata, description) of the weights a REF names; remote weights are downloaded
+    into a temporary folder that is gone again when this returns. Checkpoint entries are verified
+    (checksums) like every other read."""
+    from runner.checkpoint.weights import read_weights
 
-
-def resolve_ref(ref: str, tracking_uri: str | None = None, client: Any = None) -> Resolved:
-    """Find (downloading when needed) the weights a REF names."""
     if ref.startswith(("runs:/", "models:/")):
         if client is None:
             from runner.tracking.config import client as mlflow_client
 
             client = mlflow_client(tracking_uri)
         run_id, path, desc = _remote(ref, client)
-        dst = Path(tempfile.mkdtemp(prefix="runner-weights-"))
-        try:
-            local = Path(client.download_artifacts(run_id, path, str(dst)))
-        except Exception as e:
-            raise CheckpointError(f"{ref}: cannot download the weights ({first_line(e)})") from None
-        return Resolved(_weights_in(local), desc)
+        with tempfile.TemporaryDirectory(prefix="runner-weights-") as dst:
+            try:
+                local = Path(client.download_artifacts(run_id, path, dst))
+            except Exception as e:
+                raise CheckpointError(f"{ref}: cannot download the weights ({first_line(e)})") from None
+            tensors, meta = read_weights(_weights_in(local))
+        return tensors, meta, desc
     path = Path(ref)
     if not path.exists():
         raise CheckpointError(f"{ref}: no such file or folder (a REF is a path, runs:/<run_id>/<path> or "
                               "models:/<name>/<version|latest> or models:/<name>@<alias>)")
-    return Resolved(_weights_in(path), str(path))
+    tensors, meta = read_weights(_weights_in(path))
+    return tensors, meta, str(path)
 
 
 def _weights_in(path: Path) -> Path:

@@ -112,12 +112,23 @@ class CheckpointStore:
         return sorted(out, key=lambda e: e.step)
 
     def latest(self) -> Entry | None:
-        """The newest committed entry whose files verify."""
-        for e in reversed(self.entries()):
+        """The entry the ``latest`` pointer names, if it verifies; else the newest committed entry
+        that does. Entries passed over as damaged are listed in ``self.skipped``."""
+        self.skipped: list[str] = []
+        pointer = self.folder / LATEST
+        named = None
+        try:
+            named = self.folder / pointer.read_text().strip()
+        except OSError:
+            pass
+        candidates = [e.path for e in reversed(self.entries())]
+        if named is not None and named.is_dir() and (named / MANIFEST).is_file():
+            candidates = [named, *[c for c in candidates if c != named]]
+        for path in candidates:
             try:
-                return verify(e.path)
-            except CheckpointError:
-                continue
+                return verify(path)
+            except CheckpointError as e:
+                self.skipped.append(f"{path.name}: {e}")
         return None
 
     def best(self) -> Entry | None:

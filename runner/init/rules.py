@@ -26,6 +26,7 @@ construction order.
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
@@ -298,6 +299,8 @@ def apply_init(net: Network, cfg: Any, seed: int, path: str = "init", tracking_u
                 try:
                     I.call(I.resolve(rule.init), args, t, g)
                 except Exception as e:  # built-ins refusing a shape, or user code raising anything
+                    if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                        raise
                     p.add(where, f"{rule.init} cannot initialise {canonical} (shape {list(t.shape)}): "
                                  f"{type(e).__name__ + ': ' if not isinstance(e, (ValueError, RuntimeError)) else ''}"
                                  f"{first_line(e)}")

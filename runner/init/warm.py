@@ -56,11 +56,10 @@ def check_warm_start(cfg: Any, path: str) -> list:
 
 
 def apply_warm_start(net, cfg: WarmStart, report, path: str = "init.warm_start", tracking_uri: str | None = None) -> None:
-    from runner.checkpoint.registry import resolve_ref
-    from runner.checkpoint.weights import check_finite, read_weights
+    from runner.checkpoint.registry import read_ref
+    from runner.checkpoint.weights import check_finite
 
-    resolved = resolve_ref(cfg.source, tracking_uri)
-    tensors, _ = read_weights(resolved.weights)
+    tensors, _, description = read_ref(cfg.source, tracking_uri)
     names = list(tensors)
     chosen = N.select(names, cfg.include or ["*"])
     if cfg.exclude:
@@ -92,13 +91,13 @@ def apply_warm_start(net, cfg: WarmStart, report, path: str = "init.warm_start",
         (skipped.append(msg) if cfg.allow_mismatch else p.add(path, msg))
     p.raise_if_any("warm start does not fit the model")
     if not plan and not skipped:
-        raise ConfigError([Problem(f"{path}.include", f"selects nothing (kind: {cfg.kind}) in {resolved.description} "
+        raise ConfigError([Problem(f"{path}.include", f"selects nothing (kind: {cfg.kind}) in {description} "
                                    f"(it has {', '.join(names[:8])}{'...' if len(names) > 8 else ''})")])
-    check_finite({src: t for src, t in plan.values()}, resolved.description)
+    check_finite({src: t for src, t in plan.values()}, description)
     entries = report.by_name()
     with torch.no_grad():
         for canonical, (src, t) in plan.items():
             targets[canonical].copy_(t.to(targets[canonical].dtype))
             entries[canonical].source = f"{cfg.source}:{src}"
-    report.warm_start = {"source": resolved.description, "loaded": {c: s for c, (s, _) in plan.items()},
+    report.warm_start = {"source": description, "loaded": {c: s for c, (s, _) in plan.items()},
                          "skipped": skipped}

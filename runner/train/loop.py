@@ -13,6 +13,7 @@ non-finite step counts too).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,9 +205,19 @@ def fit(net: nn.Module, data, cfg: Any, tracker: Any = None, checkpointer: Any =
                     catch_up()
                     save({})
             catch_up()
+            if not stepper.weights_finite():
+                from runner.train.nonfinite import NonFiniteError
+
+                raise NonFiniteError(f"training stopped: the weights became non-finite (NaN/Inf) by step {pos.step} "
+                                     f"(epoch {epoch}); lower train.lr, or set train.grad_clip")
             val = evaluate(net, data.x_val, data.y_val, loss_fn, data.task, device)
             strategy.after_eval(net)
-            final = {"train/epoch_loss": pos.loss_sum / max(pos.seen, 1), **val}
+            if any(not math.isfinite(v) for v in val.values()):
+                from runner.train.nonfinite import NonFiniteError
+
+                raise NonFiniteError(f"training stopped: validation gives {', '.join(f'{k} {v}' for k, v in val.items())} "
+                                     f"at step {pos.step} (epoch {epoch}); lower train.lr, or set train.grad_clip")
+            final = {**({"train/epoch_loss": pos.loss_sum / pos.seen} if pos.seen else {}), **val}
             rate = (pos.seen - seen_before) * data.batch_size * n / max(time.perf_counter() - epoch_start, 1e-9)
             if tracker is not None:
                 tracker.epoch_end(epoch, pos.step, {**final, "train/samples_per_s": rate})

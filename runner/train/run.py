@@ -213,7 +213,7 @@ def _resume_state(cfg, out: Path, prepared):
     entry = resolve_resume(cfg.train.resume, out, cfg.tracking.uri)
     if entry is None:
         return None, None
-    return load_checkpoint(entry, prepared.net), entry
+    return load_checkpoint(entry, prepared.net, cfg.plain()), entry
 
 
 QUIET_PREFIXES = ("tracking.", "hydra.", "checkpoint.", "train.progress", "train.resume", "task=", "+tracking.",

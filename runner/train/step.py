@@ -137,6 +137,19 @@ class Stepper:
         self.opt.zero_grad(set_to_none=True)
         return good
 
+    def weights_finite(self) -> bool:
+        """Whether every parameter is finite (one fused check; read back: at epoch ends only).
+        A step is never applied when its loss or gradients are not finite, but an update can
+        still overflow; a run must not end a success with weights that did."""
+        found = torch.zeros((), device=self.device)
+        values = [p.detach() for p in self.params]
+        if self.sharded:
+            values = [_local(v) for v in values]
+        torch._amp_foreach_non_finite_check_and_unscale_([v.clone() for v in values], found, self.one)
+        if self.strategy.world > 1:
+            self.strategy.reduce_max_(found.view(1))
+        return not bool(found)
+
     def _mean(self, t: torch.Tensor) -> torch.Tensor:
         return self.strategy.reduce_mean_(t.detach().clone()) if self.strategy.world > 1 else t
 
