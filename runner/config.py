@@ -53,7 +53,7 @@ def register_defaults() -> None:
     register_resolvers()
     cs = ConfigStore.instance()
     for group, cls in schemas().items():
-        cs.store(group=group, name="default", node=cls().plain(), provider="runner")
+        cs.store(group=group, name="default", node=cls().node(), provider="runner")
     from runner.docs import help_node
 
     cs.store(group="hydra/help", name="runner", node=help_node(), provider="runner")

@@ -113,6 +113,43 @@ class Schema(BaseModel):
         """The section as a plain dict with every default filled in, as keys are written in configs."""
         return self.model_dump(mode="python", by_alias=True)
 
+    def node(self):
+        """:meth:`plain` as an OmegaConf node for Hydra's ConfigStore. Free-form mappings (such
+        as ``optimizer_args``) are left open, so ``train.optimizer_args={momentum: 0.9}`` and
+        ``train.optimizer_args.momentum=0.9`` add keys the way users expect; every other key
+        stays closed and a typo is an error."""
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.create(self.plain())
+        _open_free_mappings(type(self), cfg)
+        return cfg
+
+
+def _open_free_mappings(cls: type[Schema], cfg) -> None:
+    from omegaconf import DictConfig, OmegaConf
+
+    for name, info in cls.model_fields.items():
+        key = info.alias or name
+        sub = cfg.get(key) if isinstance(cfg, DictConfig) else None
+        if not isinstance(sub, DictConfig):
+            continue
+        inner = _schema_in(info.annotation)
+        if inner is not None:
+            _open_free_mappings(inner, sub)
+        elif typing.get_origin(_strip(info.annotation)) is dict:
+            OmegaConf.set_struct(sub, False)
+
+
+def _strip(annotation):
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    return annotation
+
+
+def _schema_in(annotation) -> type[Schema] | None:
+    annotation = _strip(annotation)
+    return annotation if isinstance(annotation, type) and issubclass(annotation, Schema) else None
+
 
 def all_problems(obj: "Schema", path: str) -> list[Problem]:
     """``obj.problems()`` and those of every schema nested in it."""

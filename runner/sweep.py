@@ -34,6 +34,17 @@ def _tracking(config: DictConfig) -> dict | None:
 
 class SweepCallback(Callback):
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # Hydra turns an exception raised by a callback into a warning and launches the jobs
+        # anyway; a sweep whose store cannot be opened must stop here, before any job
+        from runner.errors import UserError
+
+        try:
+            self._start(config)
+        except UserError as e:
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    def _start(self, config: DictConfig) -> None:
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         sweep_dir = Path(config.hydra.sweep.dir)

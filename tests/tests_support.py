@@ -42,3 +42,12 @@ class WrongShape(torch.nn.Module):
 
     def forward(self, x):
         return self.lin(x)
+
+
+def raising_init(t: torch.Tensor, g: torch.Generator) -> None:
+    """A custom initializer with a bug."""
+    raise KeyError("no such scale")
+
+
+def nan_init(t: torch.Tensor, g: torch.Generator) -> None:
+    t.fill_(float("nan"))

@@ -63,11 +63,16 @@ def find_entry(path: Path) -> Entry:
     path = Path(path)
     if (path / "manifest.json").is_file():
         return verify(path)
+    damaged: list[str] = []
     for folder in (path, path / "checkpoints"):
         if folder.is_dir():
-            entry = CheckpointStore(folder).latest()
+            store = CheckpointStore(folder)
+            entry = store.latest()
             if entry is not None:
                 return entry
+            damaged += store.skipped
+    if damaged:
+        raise CheckpointError(f"no intact checkpoint at {path}; " + "; ".join(damaged))
     raise CheckpointError(f"no committed checkpoint at {path}")
 
 
@@ -116,15 +121,18 @@ def resolve_resume(ref: str, run_dir: Path, tracking_uri: str | None) -> Entry |
             print(f"train.resume=auto: skipped a damaged checkpoint: {why}")
         return entry
     if RUN_ID.match(ref) and not Path(ref).exists():
-        from runner.tracking.config import client as mlflow_client, default_uri
+        from runner.tracking.config import client as mlflow_client, default_uri, redact
 
         client = mlflow_client(tracking_uri)
         try:
             run = client.get_run(ref)
         except Exception:
-            raise CheckpointError(f"train.resume: no MLflow run {ref} in {tracking_uri or default_uri()}") from None
+            raise CheckpointError(f"train.resume: no MLflow run {ref} in {redact(tracking_uri or default_uri())}") from None
         folder = run.data.tags.get("runner.checkpoint_dir")
         if not folder:
             raise CheckpointError(f"train.resume: run {ref} has no checkpoint folder recorded")
         return find_entry(Path(folder))
-    return find_entry(Path(ref))
+    try:
+        return find_entry(Path(ref))
+    except CheckpointError as e:
+        raise CheckpointError(f"train.resume: {e}") from None

@@ -139,9 +139,11 @@ def _weights_in(path: Path) -> Path:
         return path
     try:
         return find_entry(path).path / WEIGHTS
-    except CheckpointError:
+    except CheckpointError as e:
         if (path / WEIGHTS).is_file():
             return path / WEIGHTS
+        if "no intact checkpoint" in str(e):  # entries there, all damaged: say how
+            raise
         raise CheckpointError(f"{path}: no committed checkpoint or weights file found") from None
 
 

@@ -63,7 +63,7 @@ def read_file(cfg) -> tuple[torch.Tensor, torch.Tensor, str, int]:
     bad = ~np.isfinite(labels) | (labels != np.round(labels))
     if bad.any():
         i = int(np.argmax(bad))
-        raise DataFileError(f"{where}: class labels must be whole numbers; sample {i} has {labels[i]!r}")
+        raise DataFileError(f"{where}: class labels must be whole numbers; sample {i} has {labels[i].item()!r}")
     if (labels < 0).any():
         i = int(np.argmax(labels < 0))
         raise DataFileError(f"{where}: class labels must be 0 or more; sample {i} has {int(labels[i])}")

@@ -59,7 +59,12 @@ def apply_warm_start(net, cfg: WarmStart, report, path: str = "init.warm_start",
     from runner.checkpoint.registry import read_ref
     from runner.checkpoint.weights import check_finite
 
-    tensors, _, description = read_ref(cfg.source, tracking_uri)
+    from runner.checkpoint.weights import CheckpointError
+
+    try:
+        tensors, _, description = read_ref(cfg.source, tracking_uri)
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}.source: {e}") from None
     names = list(tensors)
     chosen = N.select(names, cfg.include or ["*"])
     if cfg.exclude:

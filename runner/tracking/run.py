@@ -97,8 +97,8 @@ class TrackedRun:
             # spools through outages (these settings reach it through the environment)
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
             os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(self.tcfg.http_timeout_s)))
-        self.client = client(self.uri)
         try:
+            self.client = client(self.uri)
             self._open()
         except (UserError, KeyboardInterrupt, Terminated):
             raise
@@ -114,6 +114,8 @@ class TrackedRun:
     def _open(self) -> None:
         """The experiment, and the run: a new one, or the one being resumed (same id, steps go on)."""
         self.experiment_id = ensure_experiment(self.client, self.tcfg.experiment, store_folder(self.uri))
+        if self.resume_run_id and not self._known(self.resume_run_id):
+            self.resume_run_id = None  # noted in a run directory, but not in this store
         if self.resume_run_id:
             info = self.client.get_run(self.resume_run_id).info
             self.run_id, self.experiment_id, self.name = self.resume_run_id, info.experiment_id, info.run_name
@@ -125,6 +127,21 @@ class TrackedRun:
                 tags["mlflow.source.git.commit"] = commit
             self.name = self.run_name()
             self.run_id = self.client.create_run(self.experiment_id, run_name=self.name, tags=tags).info.run_id
+        self.remember()
+
+    RUN_FILE = "mlflow_run.json"
+
+    def remember(self) -> None:
+        """Note the run in its directory (atomically), so that ``train.resume=auto`` continues this
+        run even when it was killed before its first checkpoint."""
+        import json
+        import os
+
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        target = self.run_dir / self.RUN_FILE
+        tmp = target.with_name(f".{self.RUN_FILE}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"run_id": self.run_id, "experiment_id": self.experiment_id}))
+        os.replace(tmp, target)
 
     def _start(self) -> None:
         from mlflow.entities import Param
@@ -143,6 +160,13 @@ class TrackedRun:
         self.sink.wait_ready()
         if self.tcfg.system_metrics:
             self._start_system_metrics()
+
+    def _known(self, run_id: str) -> bool:
+        try:
+            self.client.get_run(run_id)
+            return True
+        except Exception:
+            return False
 
     @property
     def spool(self) -> Path:

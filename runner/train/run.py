@@ -105,6 +105,8 @@ def _train(prepared, strategy, job: dict | None) -> float | None:
     if job and job["parent_run_id"]:
         tags["mlflow.parentRunId"] = job["parent_run_id"]
     resume_run = (resume or {}).get("run_id") or None
+    if resume_run is None and cfg.train.resume == "auto":
+        resume_run = started_here(out)  # killed before its first checkpoint: continue that run
     registered = None
     with TrackedRun(cfg, out, tags, resume_run_id=resume_run, name=job["run_name"] if job else None) as run:
         run.log_artifacts()
@@ -189,6 +191,16 @@ def check_names(cfg, collector, registered) -> None:
     found = problems(flatten(cfg.plain()), keys, cfg.tracking.experiment, registered)
     if found:
         raise ConfigError(found)
+
+
+def started_here(out: Path) -> str | None:
+    """The MLflow run a run directory started (``mlflow_run.json``), if any."""
+    import json
+
+    try:
+        return json.loads((out / "mlflow_run.json").read_text())["run_id"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 class NullSink:
