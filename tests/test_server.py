@@ -63,3 +63,61 @@ def test_a_server_outage_mid_run_loses_no_metric(tracking_server, tmp_path):
     assert "store outage(s) bridged" in out  # the writer did meet the outage, and spooled through it
     spool = (tmp_path / "run" / "mlflow_spool.jsonl").read_text().splitlines()
     assert len(spool) >= 2 and spool[-1].endswith('"delivered": true}')
+
+
+def test_a_server_down_as_training_ends_defers_everything_to_the_replay(tracking_server, tmp_path):
+    """The server goes away before training ends and stays down past the drain time: training's
+    outcome decides the exit status, the closing lines name the replay command, and once the
+    server is back the replay delivers every value, the heat maps, the registry version and the
+    run's final status."""
+    run_dir = tmp_path / "run"
+    with_password = tracking_server.uri.replace("http://", "http://runner:hunter2@")
+    args = [sys.executable, "-m", "runner", f"tracking.uri={with_password}", "tracking.experiment=gone",
+            "train.progress=quiet", "tracking.system_metrics=false", "train.epochs=40", "tracking.every_n_steps=5",
+            "tracking.drain_timeout_s=2", "checkpoint.registered_name=gone-model", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    c = client(tracking_server)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        exp = c.get_experiment_by_name("gone")
+        runs = c.search_runs([exp.experiment_id]) if exp else []
+        if runs and "train/loss" in metrics(runs[0]):
+            break
+        time.sleep(0.2)
+    tracking_server.stop()  # ... and it stays down until the runner has exited
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        tracking_server.start()
+    assert proc.returncode == 0, err[-3000:]
+    assert "Traceback" not in err
+    spool = run_dir / "mlflow_spool.jsonl"
+    command = f"python -m runner.tracking.spool {spool}"
+    assert command in out + err, (out[-2000:], err[-2000:])
+    kept = out.split("kept for later: ")[1].split(". Once")[0]
+    assert "metric values" in kept and "register" in kept and "status" in kept, kept
+    run = c.search_runs([c.get_experiment_by_name("gone").experiment_id])[0]
+    assert run.info.status == "RUNNING"  # the final status waits in the spool with the rest
+    # the password in the URI is nowhere: not printed, logged as a param or tag, or saved
+    assert "hunter2" not in out + err
+    assert not [f for f in run_dir.rglob("*") if f.is_file() and b"hunter2" in f.read_bytes()]
+    assert not c.search_model_versions("name='gone-model'")
+
+    r = subprocess.run([sys.executable, "-m", "runner.tracking.spool", str(spool),
+                        "--tracking-uri", tracking_server.uri], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run = c.get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert not [k for k, v in {**run.data.params, **run.data.tags}.items() if "hunter2" in v]
+    assert run.data.params["tracking.uri"] == with_password.replace("hunter2", "***")
+    steps_per_epoch, total = 13, 40 * 13
+    assert [m.step for m in history(c, run, "train/loss")] == [1] + list(range(5, total + 1, 5))
+    assert [m.step for m in history(c, run, "val/loss")] == list(range(steps_per_epoch, total + 1, steps_per_epoch))
+    versions = c.search_model_versions("name='gone-model'")
+    assert len(versions) == 1 and versions[0].run_id == run.info.run_id
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert {"heatmaps", "checkpoints", "report.html"} <= artifacts, artifacts
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "checkpoints")} >= {"checkpoints/final"}
+    heatmaps = [a.path for kind in c.list_artifacts(run.info.run_id, "heatmaps")
+                for a in c.list_artifacts(run.info.run_id, kind.path)]
+    assert any(p.endswith(".png") for p in heatmaps)

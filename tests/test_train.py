@@ -28,7 +28,7 @@ def train(store, tmp_path, *args):
 
 def test_short_run_logs_every_stat_for_every_parameter_at_the_expected_steps(store, tmp_path):
     r = train(store, tmp_path, "train.epochs=2", "tracking.every_n_steps=5", "tracking.activations=true",
-              "init=d2l_normal")
+              "init=d2l_xavier_42")
     assert r.returncode == 0, r.stderr
     run = store.only_run()
     assert run.info.status == "FINISHED"
@@ -64,7 +64,7 @@ def test_short_run_logs_every_stat_for_every_parameter_at_the_expected_steps(sto
     assert run.data.params["model.name"] == "d2l_mlp"
     assert run.data.params["model.layers.1.activation"] == "relu"
     assert run.data.params["train.epochs"] == "2"
-    assert run.data.tags["runner.init"] == "d2l_normal"
+    assert run.data.tags["runner.init"] == "d2l_xavier_42"
     assert "train.epochs=2" in run.data.tags["runner.overrides"]
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert {"summary.txt", "init_report.json", "tie_map.json", "model.json", "architecture.svg", "config.yaml",
@@ -168,6 +168,30 @@ def test_sigterm_ends_the_run_killed(store, tmp_path):
     assert store.only_run().info.status == "KILLED"
 
 
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_a_run_killed_during_start_up_resumes_into_the_same_run(store, tmp_path, sig):
+    """Killed as soon as its MLflow run exists (before any checkpoint), then started again with
+    train.resume=auto: the store holds one run, FINISHED, with the whole history."""
+    cmd = [sys.executable, "-m", "runner", f"tracking.uri={store.uri}", f"hydra.run.dir={tmp_path / 'run'}",
+           "train.progress=quiet", "tracking.system_metrics=false", "train.epochs=2", "train.resume=auto"]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not store.runs() and proc.poll() is None:
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == (-9 if sig == signal.SIGKILL else 143), err[-2000:]
+    assert not list((tmp_path / "run" / "checkpoints").glob("step-*"))  # killed before its first checkpoint
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    run = store.only_run()
+    assert run.info.status == "FINISHED"
+    assert [m.step for m in store.history(run, "val/loss")] == [13, 26]
+
+
 def test_exception_inside_the_run_marks_it_failed(store, tmp_path):
     cfg = runner.prepare(runner.compose([f"tracking.uri={store.uri}", "tracking.system_metrics=false"])).config
     with pytest.raises(RuntimeError, match="boom"):
@@ -187,6 +211,28 @@ def test_sink_delivers_everything_even_with_a_tiny_queue(store):
     stored = sum(len(store.client.get_metric_history(run_id, f"m{i}/x")) for i in range(20))
     assert stored == 1000
     assert [m.value for m in store.client.get_metric_history(run_id, "m3/x")] == [3.0 * s for s in range(1, 51)]
+
+
+def test_keys_the_store_refuses_are_dropped_once_and_every_other_value_is_delivered(store, tmp_path):
+    """One key MLflow's validation refuses (a character it does not allow) and one only the store
+    refuses (longer than its column): the real writer reports each once, drops only those, and
+    delivers every other value without spooling anything."""
+    exp = store.client.create_experiment("refused")
+    run_id = store.client.create_run(exp).info.run_id
+    spool = tmp_path / "mlflow_spool.jsonl"
+    sink = MlflowSink(store.uri, run_id, spool_file=str(spool))
+    bad_char, too_long = "act_mean/enc(0)", "weight_norm/" + "x" * 300
+    for step in range(1, 41):
+        sink.log({"train/loss": 1.0 / step, bad_char: 1.0, too_long: 2.0, "weight_norm/w": float(step)}, step)
+    report = sink.close()
+    assert report.queued == 160 and report.delivered == 80 and report.lost == 80 and report.left == 0  # lost: refused
+    refused = [e for e in report.errors if "refuses the metric key" in e]
+    assert len(refused) == 2 and any("enc(0)" in e for e in refused) and any("250" in e for e in refused)
+    for key, value in (("train/loss", lambda s: 1.0 / s), ("weight_norm/w", float)):
+        history = store.client.get_metric_history(run_id, key)
+        assert [(m.step, m.value) for m in history] == [(s, pytest.approx(value(s))) for s in range(1, 41)]
+    assert set(store.client.get_run(run_id).data.metrics) == {"train/loss", "weight_norm/w"}
+    assert not spool.exists() or not spool.read_text().strip()
 
 
 def test_collector_values_match_direct_computation():
@@ -361,7 +407,7 @@ def test_values_left_in_the_spool_are_delivered_once_by_the_replay_command(store
     writer.handle(items[700:])
     writer.drain()
     assert writer.delivered == 0 and "2400 metric values could not be delivered" in writer.errors[0]
-    assert f"python -m runner.tracking.spool {spool}" in writer.errors[0]
+    assert f"they are kept in {spool}" in writer.errors[0]  # the closing lines add the replay command
     # some values reached the store another way before the replay (a partly delivered spool)
     store.client.log_batch(run_id, metrics=[Metric("train/loss", 1.0 / s, 1000 + s, s) for s in range(1, 101)])
 

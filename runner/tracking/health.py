@@ -11,7 +11,7 @@ layers in network order, tie groups, which layers are ReLUs) give:
 
   ``vanishing_gradients`` / ``exploding_gradients``: the RMS gradient of the first weight
   matrix is below 1/1000 (above 1000 times) that of the last one; ``update_too_large`` /
-  ``update_too_small``: a tensor's median update ratio over the last logging steps is above 0.1
+  ``update_too_small``: a tensor's median update ratio over the last logging steps is above 3e-2
   or below 1e-5 (healthy is around 1e-3); ``stopped``: below 1e-8, the tensor no longer moves;
   ``dead_relu``: 95 % or more of a ReLU layer's outputs are zero, or a ReLU layer's weights get
   no gradient at all; ``no_gradient``: another tensor gets none; ``nonfinite``: skipped
@@ -203,7 +203,7 @@ def diagnose(model: ModelInfo, entries: list[tuple[int, dict]], skipped: list[in
         if med > TOO_LARGE:
             out.append(Finding("update_too_large", name, step, med,
                                f"{name}: updates of {med:.3g} of its norm per step at step {step} (healthy: about "
-                               "1e-3); lower train.lr"))
+                               "1e-3); lower train.lr, or initialise it larger"))
         elif med < STOPPED:
             out.append(Finding("stopped", name, step, med, f"{name} has stopped moving: update ratio {med:.2g} at "
                                                             f"step {step}"))

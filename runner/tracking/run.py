@@ -8,6 +8,7 @@ directory's reports and ``.hydra/`` configs are logged as artifacts.
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,8 @@ class TrackedRun:
         self.resume_run_id = resume_run_id
         self.name = name
         self.deferred: list[str] = []  # what the store could not take and the spool keeps
+        self.late: list[str] = []      # what was deferred, then delivered before the run ended
+        self.registered_late: str | None = None
 
     def __enter__(self) -> "TrackedRun":
         import os
@@ -198,8 +201,6 @@ class TrackedRun:
             return self.tcfg.run_name
         if self.name:
             return self.name
-        import time
-
         return f"{self.config.model.get('name', 'model')}-{time.strftime('%H%M%S')}"
 
     def log_artifacts(self) -> None:
@@ -236,19 +237,47 @@ class TrackedRun:
         else:
             self.status = "FAILED"
         sink = getattr(self, "sink", None)
+        deadline = time.monotonic() + self.tcfg.drain_timeout_s
         try:
             if sink is not None:
                 self.sink_report = sink.close()
             if self._monitor is not None:
                 self._monitor.finish()
+            self._catch_up(deadline)
         finally:
             if not self._set_terminated():
                 self.defer({"status": self.status})
 
+    def _catch_up(self, deadline: float) -> None:
+        """Deliver what was deferred at the end (tags, uploads, a registration) if the store comes
+        back within the drain time; otherwise it stays in the spool for the replay command."""
+        rep = self.sink_report
+        if not (self.deferred or (rep and rep.deferred)) or (rep and rep.left) or self.status == "KILLED":
+            return  # nothing deferred; the store stayed away for the whole drain; or a kill: be quick
+        from runner.tracking.spool import append, replay
+
+        while True:
+            said: list[str] = []
+            try:
+                replay(self.spool, self.client, said.append)
+            except Exception as e:
+                if not (is_outage(e) or is_busy(e)) or time.monotonic() >= deadline:
+                    return
+                time.sleep(1.0)
+                continue
+            append(self.spool, {"run_id": self.run_id, "delivered": True})
+            names = {"tags": "the health tags", "register": "the registration"}
+            self.late = [names.get(d, d) for d in self.deferred] + ([f"{rep.deferred} upload(s)"] if rep and
+                                                                    rep.deferred else [])
+            self.registered_late = next((line[len("registered "):] for line in said
+                                         if line.startswith("registered ")), None)
+            self.deferred = []
+            if rep:
+                rep.deferred = 0
+            return
+
     def _set_terminated(self, attempts: int = 3) -> bool:
         """Record the final status; False when the store cannot be reached."""
-        import time
-
         for attempt in range(attempts):
             try:
                 self.client.set_terminated(self.run_id, self.status)

@@ -225,7 +225,7 @@ class _Writer:
         self.spool_file = spool_file
         self.drain_seconds = drain_seconds
         self.outages = 0
-        self.deferred = 0        # uploads kept in the spool for later
+        self.pending: set[tuple] = set()  # uploads kept in the spool for later (and not done since)
         self.last_error = ""
 
     def handle(self, items: list) -> None:
@@ -293,7 +293,7 @@ class _Writer:
             left = sum(len(c) for c in self.spool)
             self.errors.append(f"{left} metric values could not be delivered yet ({self.last_error}); they are kept "
                                f"in {self.spool_file}")
-        elif self.outages and self.spool_file and not self.deferred:
+        elif self.outages and self.spool_file and not self.pending:
             append(self.spool_file, {"run_id": self.run_id, "delivered": True})
 
     def review(self, review: dict) -> None:
@@ -349,12 +349,14 @@ class _Writer:
         for attempt in range(tries):
             try:
                 fn()
+                if deferred is not None:  # a later upload of the same files supersedes a deferred one
+                    self.pending.discard(tuple(deferred))
                 return True
             except Exception as e:  # the store may be busy or away: retry, then defer or report
                 if attempt == tries - 1:
                     if deferred is not None and self.spool_file and is_outage(e):
                         append(self.spool_file, {"run_id": self.run_id, "artifacts": [deferred]})
-                        self.deferred += 1
+                        self.pending.add(tuple(deferred))
                     else:
                         self.errors.append(f"{type(e).__name__}: {first_line(e)}")
                     return False
@@ -495,7 +497,7 @@ def _writer_main(uri: str, run_id: str, spool_file: str | None = None, drain_sec
             pending, waiting = [], 0
     print(json.dumps({"delivered": writer.delivered, "images": writer.images, "errors": writer.errors,
                       "outages": writer.outages, "finished_at": time.time(), "left": sum(len(c) for c in writer.spool),
-                      "deferred": writer.deferred, "notes": writer.notes}), file=out, flush=True)
+                      "deferred": len(writer.pending), "notes": writer.notes}), file=out, flush=True)
 
 
 if __name__ == "__main__":

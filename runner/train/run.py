@@ -146,8 +146,11 @@ def _train(prepared, strategy, job: dict | None) -> float | None:
     for f in findings:
         print(f"    - {f.rule}: {f.message}")
     print(f"  run directory: {out}" + (f"  (report: {out / 'report.html'})" if tcfg.report.enabled else ""))
+    registered = run.registered_late or registered  # registered late, once the store came back
     if registered:
         print(f"  weights: {registered}")
+    if run.late:
+        print(f"  the store came back before the end: delivered {', '.join(run.late)}")
     deferred = ([f"{rep.left} metric values"] if rep.left else []) + ([f"{rep.deferred} upload(s)"] if rep.deferred
                                                                         else []) + run.deferred
     if deferred:
