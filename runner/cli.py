@@ -47,7 +47,7 @@ def _app(cfg: DictConfig):
             write_status(job, "FAILED", error=redact(first_line(e)))
             return float("nan")
         print(f"error: {redact(str(e))}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
+        sys.exit(e.exit_status)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         if job:

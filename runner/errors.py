@@ -20,6 +20,8 @@ class Problem:
 class UserError(Exception):
     """A mistake in the user's config, command line or files. Shown without a stack trace."""
 
+    exit_status = 2  # the CLI's exit status; a run that ran and failed says 1
+
 
 class Terminated(BaseException):
     """Raised in the main thread when the process receives SIGTERM, so runs can end as KILLED."""

@@ -103,6 +103,8 @@ CASES = [
     ("data-seed-text", "runner", ["+data.seed=abc"], 2, "data.seed: must be a non-negative integer"),
     ("lr-nan", "runner", ["train.lr=nan"], 2, "train.lr: must be a positive number, got 'nan'"),
     ("lr-inf", "runner", ["train.lr=inf"], 2, "train.lr: must be a positive number, got 'inf'"),
+    ("lr-huge", "runner", ["train.lr=1e30", "train.optimizer=sgd", "train.nonfinite.policy=skip"], 1,
+     "training stopped: validation gives val/loss inf"),
     ("lr-zero", "runner", ["train.lr=0"], 2, "train.lr: must be a positive number, got 0"),
     ("optimizer-typo", "runner", ["train.optimizer=adamm"], 2, "train.optimizer: unknown optimizer 'adamm' (did you mean 'adam'?)"),
     ("momentum-negative", "runner", ["train.optimizer=sgd", "train.optimizer_args={momentum: -0.5}"], 2,

@@ -31,18 +31,26 @@ def test_parallel_sweep_against_the_postgres_backed_server(tracking_server, tmp_
     assert len([x for x in runs if x.data.tags.get("runner.sweep") == "parent"]) == 1
 
 
-def test_a_server_outage_mid_run_loses_no_metric(tracking_server, tmp_path):
-    args = [sys.executable, "-m", "runner", f"tracking.uri={tracking_server.uri}", "tracking.experiment=outage",
-            *COMMON, "train.epochs=40", "tracking.every_n_steps=5", f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    c = client(tracking_server)
+def start_logging_run(server, experiment: str, *args: str) -> subprocess.Popen:
+    """A training run in a subprocess, returned once the server holds its first loss value."""
+    cmd = [sys.executable, "-m", "runner", f"tracking.experiment={experiment}", *args]
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    c = client(server)
     deadline = time.time() + 120
-    while time.time() < deadline:
-        exp = c.get_experiment_by_name("outage")
+    while time.time() < deadline and proc.poll() is None:
+        exp = c.get_experiment_by_name(experiment)
         runs = c.search_runs([exp.experiment_id]) if exp else []
         if runs and "train/loss" in metrics(runs[0]):
-            break
-        time.sleep(0.3)
+            return proc
+        time.sleep(0.2)
+    proc.kill()
+    pytest.fail(f"the run never logged: {proc.communicate()[1][-2000:]}")
+
+
+def test_a_server_outage_mid_run_loses_no_metric(tracking_server, tmp_path):
+    proc = start_logging_run(tracking_server, "outage", f"tracking.uri={tracking_server.uri}", *COMMON,
+                             "train.epochs=40", "tracking.every_n_steps=5", f"hydra.run.dir={tmp_path / 'run'}")
+    c = client(tracking_server)
     tracking_server.stop()   # the server goes away for a few seconds while training goes on
     time.sleep(4)
     tracking_server.start()
@@ -72,18 +80,11 @@ def test_a_server_down_as_training_ends_defers_everything_to_the_replay(tracking
     run's final status."""
     run_dir = tmp_path / "run"
     with_password = tracking_server.uri.replace("http://", "http://runner:hunter2@")
-    args = [sys.executable, "-m", "runner", f"tracking.uri={with_password}", "tracking.experiment=gone",
-            "train.progress=quiet", "tracking.system_metrics=false", "train.epochs=40", "tracking.every_n_steps=5",
-            "tracking.drain_timeout_s=2", "checkpoint.registered_name=gone-model", f"hydra.run.dir={run_dir}"]
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_logging_run(tracking_server, "gone", f"tracking.uri={with_password}", "train.progress=quiet",
+                             "tracking.system_metrics=false", "train.epochs=40", "tracking.every_n_steps=5",
+                             "tracking.drain_timeout_s=2", "checkpoint.registered_name=gone-model",
+                             f"hydra.run.dir={run_dir}")
     c = client(tracking_server)
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        exp = c.get_experiment_by_name("gone")
-        runs = c.search_runs([exp.experiment_id]) if exp else []
-        if runs and "train/loss" in metrics(runs[0]):
-            break
-        time.sleep(0.2)
     tracking_server.stop()  # ... and it stays down until the runner has exited
     try:
         out, err = proc.communicate(timeout=300)

@@ -5,7 +5,10 @@ from runner.errors import UserError
 
 
 class NonFiniteError(UserError):
-    """Training stopped because of non-finite values, as the configured policy says."""
+    """Training stopped because of non-finite values, as the configured policy says. Not a
+    mistake in the input but a failed run: exit status 1, shown without a stack trace."""
+
+    exit_status = 1
 
 
 class NonFinitePolicy:
