@@ -202,7 +202,8 @@ def report_hydra_errors() -> None:
                 str(ex) if isinstance(ex, UserError) else hydra_problem(ex))
             message = redact(message) if message else message
             if message is None:
-                return original(lambda: _reraise(ex))
+                error = ex
+                return original(lambda: _reraise(error))
             print(f"error: {message}", file=sys.stderr)
             sys.exit(EXIT_USER_ERROR)
 

@@ -146,10 +146,6 @@ def _strip(annotation):
     return annotation
 
 
-def _schema_in(annotation) -> type[Schema] | None:
-    annotation = _strip(annotation)
-    return annotation if isinstance(annotation, type) and issubclass(annotation, Schema) else None
-
 
 def all_problems(obj: "Schema", path: str) -> list[Problem]:
     """``obj.problems()`` and those of every schema nested in it."""

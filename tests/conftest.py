@@ -1,7 +1,10 @@
+import contextlib
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -19,6 +22,51 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     full_env.update({"PYTHONUNBUFFERED": "1", **(env or {})})
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd or REPO, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def invoke(main, argv: list[str], prog: str = "runner") -> tuple[int, str, str]:
+    """Run a command's ``main`` in this process, as its console script would with ``argv``:
+    (exit status, stdout, stderr). For checks where a subprocess proves nothing more."""
+    out, err = io.StringIO(), io.StringIO()
+    old = sys.argv
+    sys.argv = [prog, *argv]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main()
+                code = 0 if code is None else code
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+    finally:
+        sys.argv = old
+    return code, out.getvalue(), err.getvalue()
+
+
+class Result(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_main(*args: str) -> Result:
+    """The ``runner`` CLI's ``main`` in this process with these arguments (a training run here
+    skips the seconds of imports a fresh process pays; signals, faults and start-up need
+    ``run_cli``)."""
+    from runner.cli import main
+
+    return Result(*invoke(main, list(args)))
+
+
+def weights_cli(store, *args: str, process: bool = False):
+    """``runner-weights --tracking-uri <store> ARGS``: in this process, or with ``process`` as a
+    real subprocess (for what only the process shows: its exit status and output streams)."""
+    argv = ["--tracking-uri", store.uri, *args]
+    if process:
+        return subprocess.run([sys.executable, "-m", "runner.checkpoint.cli", *argv], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+    from runner.checkpoint.cli import main
+
+    return Result(*invoke(main, argv, "runner-weights"))
 
 
 @pytest.fixture

@@ -1,8 +1,6 @@
 """Every node type against a hand-written torch equivalent; buffers, depth-scaled init, ties at
 language-model scale, user modules, and the config errors of every node type."""
 import math
-import re
-from pathlib import Path
 
 import pytest
 import torch

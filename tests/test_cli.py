@@ -1,10 +1,11 @@
-"""The real CLI in a subprocess: inspect output, Hydra behaviour, user errors."""
+"""The real CLI: inspect output, Hydra behaviour, user errors (in a subprocess where the process
+boundary matters: exit statuses, environment, imports; in this process otherwise)."""
 import subprocess
 import sys
 
 import pytest
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_main
 
 
 def test_inspect_nested_prints_summary_params_and_values(run_dir):
@@ -67,14 +68,15 @@ def test_multirun_inspect_sweeps(tmp_path):
     (["inspect.show=nothing.here"], "inspect.show: no parameter matches 'nothing.here'"),
     (["init=d2l_xavier_42", "model=d2l_nested"], "init.rules[0]: selects no parameter"),
 ])
-def test_user_errors_are_short_and_exit_nonzero(args, expected, run_dir):
-    r = run_cli("task=inspect", *args, run_dir)
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    assert expected in r.stderr
-    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+def test_user_errors_are_short_and_exit_nonzero(args, expected, run_dir, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    code, out, err = run_main("task=inspect", *args, run_dir)
+    assert code == 2, (out, err)
+    assert expected in err
+    assert "Traceback" not in err and "Traceback" not in out
 
 
-def test_all_problems_in_one_message(run_dir):
+def test_all_problems_in_one_message(run_dir):  # exit status and output of the real process
     r = run_cli("task=inspect", "model.layers.1.out=0", "+model.layers.2.activation=relux", "seed=-3", run_dir)
     assert r.returncode == 2
     assert "(3 problems)" in r.stderr
@@ -94,7 +96,14 @@ def test_full_error_env_shows_the_trace(run_dir):
     (["train.lrr=0.1"], "error: train.lrr: unknown key (did you mean 'lr'?)"),
     (["train.lr=[1,2"], "error: cannot parse the override 'train.lr=[1,2'"),
 ])
-def test_hydra_errors_end_like_the_runners_own(args, expected, run_dir):
-    r = run_cli("task=inspect", *args, run_dir)
+def test_hydra_errors_end_like_the_runners_own(args, expected, run_dir, monkeypatch):
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    code, out, err = run_main("task=inspect", *args, run_dir)
+    assert code == 2, err
+    assert expected in err and "Traceback" not in err and "HYDRA_FULL_ERROR" not in err
+
+
+def test_a_hydra_error_exits_2_from_the_real_process(run_dir):
+    r = run_cli("task=inspect", "train.lr=[1,2", run_dir)
     assert r.returncode == 2, r.stderr
-    assert expected in r.stderr and "Traceback" not in r.stderr and "HYDRA_FULL_ERROR" not in r.stderr
+    assert "error: cannot parse the override 'train.lr=[1,2'" in r.stderr and "Traceback" not in r.stderr

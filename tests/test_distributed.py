@@ -1,7 +1,6 @@
 """Data-parallel training with torchrun on CPU (gloo): DDP and FSDP2 match one process, killed runs
 resume, only rank 0 logs."""
 import os
-import signal
 import subprocess
 import sys
 

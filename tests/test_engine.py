@@ -165,7 +165,7 @@ def test_fp16_overflow_steps_are_skipped_and_counted():
 
 @pytest.mark.slow
 def test_compiled_training_matches_eager_and_says_activations_are_unavailable(store, tmp_path):
-    from conftest import run_cli
+    from conftest import run_main
 
     eager = runner.build(model="d2l_mlp", init="d2l_normal")
     compiled = runner.build(model="d2l_mlp", init="d2l_normal")
@@ -174,8 +174,8 @@ def test_compiled_training_matches_eager_and_says_activations_are_unavailable(st
     fit(compiled, data(n=64, batch=16), {**cfg, "compile": True})
     for p, q in zip(eager.params().values(), compiled.params().values()):
         assert torch.allclose(p, q, atol=1e-5)
-    r = run_cli(f"tracking.uri={store.uri}", f"hydra.run.dir={tmp_path / 'run'}", "train.compile=true",
-                "tracking.activations=true", "train.epochs=1", "train.progress=quiet", "tracking.system_metrics=false")
+    r = run_main(f"tracking.uri={store.uri}", f"hydra.run.dir={tmp_path / 'run'}", "train.compile=true",
+                 "tracking.activations=true", "train.epochs=1", "train.progress=quiet", "tracking.system_metrics=false")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "activation statistics are unavailable with train.compile" in r.stdout
     metrics = store.metrics(store.only_run())

@@ -4,9 +4,6 @@ exit status, no stack trace, no MLflow run left RUNNING and nothing registered.
 
 The commands run in this process (the same ``main`` functions the console scripts call; the
 subprocess tests elsewhere prove that those exit with these statuses), against one store."""
-import contextlib
-import io
-import json
 import pickle
 import shutil
 import sys
@@ -18,25 +15,9 @@ import torch
 import runner
 from runner.checkpoint.store import CheckpointStore
 from runner.checkpoint.weights import save_weights
+from conftest import invoke
 
 TRAIN = ["train.epochs=1", "train.progress=quiet", "tracking.system_metrics=false", "tracking.histograms.enabled=false"]
-
-
-def invoke(main, argv: list[str], prog: str = "runner") -> tuple[int, str, str]:
-    """Run a command's ``main`` in this process: (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    old = sys.argv
-    sys.argv = [prog, *argv]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                code = main()
-                code = 0 if code is None else code
-            except SystemExit as e:
-                code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = old
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture(scope="module")

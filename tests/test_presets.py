@@ -9,7 +9,7 @@ import venv
 import pytest
 import torch
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_main, weights_cli
 from runner.checkpoint.checkpointer import find_entry
 from runner.checkpoint.weights import read_weights
 
@@ -21,13 +21,9 @@ GPT = ["experiment=char_gpt", "model.vars.dim=32", "model.vars.n_layer=2", "mode
 CNN = ["experiment=digits_cnn", "train.epochs=2"]
 
 
-def weights_cli(store, *args):
-    return subprocess.run([sys.executable, "-m", "runner.checkpoint.cli", "--tracking-uri", store.uri, *args],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-
-
 def train(store, run_dir, *args, env=None):
-    return run_cli(f"tracking.uri={store.uri}", f"hydra.run.dir={run_dir}", *QUIET, *args, env=env)
+    args = [f"tracking.uri={store.uri}", f"hydra.run.dir={run_dir}", *QUIET, *args]
+    return run_cli(*args, env=env) if env else run_main(*args)  # a fault kills a process of its own
 
 
 def final(run_dir):
@@ -60,7 +56,7 @@ def test_preset_trains_tracks_resumes_bitwise_and_registers(store, tmp_path, pre
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr[-2000:]
     resumed = train(store, tmp_path / "crash", *args, "tracking.experiment=crash", "train.resume=auto")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resuming from" in resumed.stdout
+    assert "resuming from" in resumed.stdout
     got, _ = final(tmp_path / "crash")
     assert got.keys() == expected.keys()
     for k in expected:
@@ -82,8 +78,8 @@ def test_preset_trains_tracks_resumes_bitwise_and_registers(store, tmp_path, pre
 
 
 def test_digits_cnn_defaults_reach_95_percent(tmp_path):
-    r = run_cli("experiment=digits_cnn", "tracking.enabled=false", "checkpoint.enabled=false", "train.progress=quiet",
-                f"hydra.run.dir={tmp_path / 'run'}")
+    r = run_main("experiment=digits_cnn", "tracking.enabled=false", "checkpoint.enabled=false", "train.progress=quiet",
+                 f"hydra.run.dir={tmp_path / 'run'}")
     assert r.returncode == 0, r.stderr[-3000:]
     accuracy = float(r.stdout.split("val/accuracy ")[-1].split()[0].rstrip(","))
     assert accuracy >= 0.95, r.stdout
@@ -102,9 +98,9 @@ def test_a_user_module_and_a_user_model_train_through_the_cli(store, tmp_path):
 
 
 def test_bad_fields_of_new_layer_types_end_with_the_usual_error(tmp_path):
-    r = run_cli("task=inspect", "model=digits_cnn", "data=digits", f"hydra.run.dir={tmp_path}",
-                "model.layers.1.kernel=0", "+model.layers.2.momentum=-1", "model.layers.7.type=maxpol",
-                "+model.layers.9.pp=0.1")
+    r = run_main("task=inspect", "model=digits_cnn", "data=digits", f"hydra.run.dir={tmp_path}",
+                 "model.layers.1.kernel=0", "+model.layers.2.momentum=-1", "model.layers.7.type=maxpol",
+                 "+model.layers.9.pp=0.1")
     assert r.returncode == 2, r.stderr
     assert "Traceback" not in r.stderr and "(4 problems)" in r.stderr
     for line in ("model.layers[1].kernel: must be a positive integer or a list of them, got 0",

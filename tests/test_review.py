@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import runner
-from conftest import REPO, run_cli
+from conftest import REPO, invoke, run_main
 from runner.tracking.stats import StatsCollector
 from runner.tracking.tracker import Tracker
 from runner.train.loop import fit
@@ -85,7 +85,7 @@ def test_non_finite_steps_are_a_finding():
 
 
 def test_inspect_draws_the_architecture(tmp_path):
-    r = run_cli("task=inspect", "model=tied_autoencoder", f"hydra.run.dir={tmp_path}")
+    r = run_main("task=inspect", "model=tied_autoencoder", f"hydra.run.dir={tmp_path}")
     assert r.returncode == 0, r.stderr
     svg = (tmp_path / "architecture.svg").read_text()
     assert svg.startswith("<svg") and 'data-layer="encoder"' in svg and 'data-layer="decoder"' in svg
@@ -127,7 +127,7 @@ def browse(page_path: Path, shot: Path):
 def test_the_report_renders_in_a_browser_and_covers_a_resumed_run(store, tmp_path):
     args = [f"tracking.uri={store.uri}", "train.progress=quiet", "tracking.system_metrics=false",
             "model=d2l_nested"]
-    r = run_cli(*args, "train.epochs=1", f"hydra.run.dir={tmp_path / 'a'}")
+    r = run_main(*args, "train.epochs=1", f"hydra.run.dir={tmp_path / 'a'}")
     assert r.returncode == 0, r.stderr[-2000:]
     run_id = store.only_run().info.run_id
     order = [t["name"] for t in json.loads((tmp_path / "a" / "model.json").read_text())["tensors"]]
@@ -137,7 +137,7 @@ def test_the_report_renders_in_a_browser_and_covers_a_resumed_run(store, tmp_pat
     assert all(seen["charts"][c] > 0 and seen["box"][c] > 100 for c in ("gradient-flow", "update-ratio", "loss"))
     assert len(seen["maps"]) == 2 * len(order) and all(w >= 1000 for w in seen["maps"])  # 2x today's 600 px, legible
     assert seen["architecture"] > 0 and "step 13 (steps 1–10 logged)" in seen["header"]
-    r = run_cli(*args, "train.epochs=2", f"train.resume={run_id}", f"hydra.run.dir={tmp_path / 'b'}")
+    r = run_main(*args, "train.epochs=2", f"train.resume={run_id}", f"hydra.run.dir={tmp_path / 'b'}")
     assert r.returncode == 0, r.stderr[-2000:]
     errors, seen = browse(tmp_path / "b" / "report.html", tmp_path / "second.png")
     assert errors == [] and "step 26 (steps 1–20 logged)" in seen["header"]  # the whole run, not its second part
@@ -148,8 +148,8 @@ def test_the_report_renders_in_a_browser_and_covers_a_resumed_run(store, tmp_pat
 
 @pytest.mark.slow
 def test_findings_reach_tags_closing_lines_and_runner_report(store, tmp_path):
-    r = run_cli(f"tracking.uri={store.uri}", f"hydra.run.dir={tmp_path / 'run'}", "train.progress=quiet",
-                "tracking.system_metrics=false", "train.epochs=2", "tracking.histograms.enabled=false",
+    r = run_main(f"tracking.uri={store.uri}", f"hydra.run.dir={tmp_path / 'run'}", "train.progress=quiet",
+                 "tracking.system_metrics=false", "train.epochs=2", "tracking.histograms.enabled=false",
                 "+init.edits=[{param: hidden.bias, value: -10}]")
     assert r.returncode == 0, r.stderr[-2000:]
     assert "health: 2 finding(s)" in r.stdout and "- dead_relu: hidden: no gradient reaches its weights" in r.stdout
@@ -160,14 +160,14 @@ def test_findings_reach_tags_closing_lines_and_runner_report(store, tmp_path):
     version = store.client.search_model_versions("name='d2l_mlp'")[0]
     assert version.tags["overrides"] == "train.epochs=2 +init.edits=[{param: hidden.bias, value: -10}]"
     assert version.description.startswith("train.epochs=2 +init.edits") and "step 26" in version.description
+    from runner.tracking.review import main as report
+
     for ref in (run.info.run_id, "models:/d2l_mlp/1"):
-        out = subprocess.run([sys.executable, "-m", "runner", "report", ref, "--tracking-uri", store.uri], cwd=REPO,
-                             capture_output=True, text=True, timeout=120)
-        assert out.returncode == 0, out.stderr
-        lines = out.stdout.splitlines()
-        rows = [line.split("│")[1].strip() for line in lines if line.startswith("│")]
+        code, out, err = invoke(lambda: report([ref, "--tracking-uri", store.uri]), [], "runner report")
+        assert code == 0, err
+        rows = [line.split("│")[1].strip() for line in out.splitlines() if line.startswith("│")]
         assert rows == ["hidden.weight", "hidden.bias", "output.weight", "output.bias"]
-        assert "2 finding(s)" in out.stdout and "dead_relu" in out.stdout
+        assert "2 finding(s)" in out and "dead_relu" in out
     bad = subprocess.run([sys.executable, "-m", "runner", "report", "0" * 32, "--tracking-uri", store.uri],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "error: no run" in bad.stderr and "Traceback" not in bad.stderr

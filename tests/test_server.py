@@ -81,7 +81,7 @@ def test_a_server_down_as_training_ends_defers_everything_to_the_replay(tracking
     run_dir = tmp_path / "run"
     with_password = tracking_server.uri.replace("http://", "http://runner:hunter2@")
     proc = start_logging_run(tracking_server, "gone", f"tracking.uri={with_password}", "train.progress=quiet",
-                             "tracking.system_metrics=false", "train.epochs=40", "tracking.every_n_steps=5",
+                             "tracking.system_metrics=false", "train.epochs=20", "tracking.every_n_steps=5",
                              "tracking.drain_timeout_s=2", "checkpoint.registered_name=gone-model",
                              f"hydra.run.dir={run_dir}")
     c = client(tracking_server)
@@ -111,7 +111,7 @@ def test_a_server_down_as_training_ends_defers_everything_to_the_replay(tracking
     assert run.info.status == "FINISHED"
     assert not [k for k, v in {**run.data.params, **run.data.tags}.items() if "hunter2" in v]
     assert run.data.params["tracking.uri"] == with_password.replace("hunter2", "***")
-    steps_per_epoch, total = 13, 40 * 13
+    steps_per_epoch, total = 13, 20 * 13
     assert [m.step for m in history(c, run, "train/loss")] == [1] + list(range(5, total + 1, 5))
     assert [m.step for m in history(c, run, "val/loss")] == list(range(steps_per_epoch, total + 1, steps_per_epoch))
     versions = c.search_model_versions("name='gone-model'")

@@ -186,8 +186,8 @@ def test_reuse_must_name_an_earlier_single_layer():
 
 
 def test_inspect_lists_tie_groups(run_dir):
-    from conftest import run_cli
+    from conftest import run_main
 
-    r = run_cli("task=inspect", "model=tied_autoencoder", run_dir)
+    r = run_main("task=inspect", "model=tied_autoencoder", run_dir)
     assert r.returncode == 0, r.stderr
     assert "Tie groups" in r.stdout and "decoder.weight" in r.stdout and "Total params: 14" in r.stdout

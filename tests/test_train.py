@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import runner
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, run_main
 from runner.tracking.reduce import SMALL
 from runner.tracking.run import TrackedRun
 from runner.tracking.sink import MlflowSink
@@ -22,8 +22,10 @@ GRAD = ["grad_mean", "grad_std", "grad_maxabs", "grad_norm"]
 
 
 def train(store, tmp_path, *args):
-    return run_cli(f"tracking.uri={store.uri}", f"hydra.run.dir={tmp_path / 'run'}", "train.progress=quiet",
-                   "tracking.system_metrics=false", *args)
+    """A training run through the CLI's ``main`` in this process (the subprocess tests below cover
+    what needs a process of its own: signals, exit statuses, start-up)."""
+    return run_main(f"tracking.uri={store.uri}", f"hydra.run.dir={tmp_path / 'run'}", "train.progress=quiet",
+                    "tracking.system_metrics=false", *args)
 
 
 def test_short_run_logs_every_stat_for_every_parameter_at_the_expected_steps(store, tmp_path):

@@ -108,7 +108,7 @@ def compare_configs(saved_text: str, config: dict, where: Path) -> None:
               "instead (init.warm_start can begin from these weights)")
     others = [k for k in changed if k.startswith("train.") and k not in ("train.resume", "train.progress")]
     if others:
-        print(f"resuming with changed settings: " + ", ".join(f"{k} {saved.get(k, '(unset)')} -> {now.get(k, '(unset)')}"
+        print("resuming with changed settings: " + ", ".join(f"{k} {saved.get(k, '(unset)')} -> {now.get(k, '(unset)')}"
                                                                for k in others))
 
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import json
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner.checkpoint.checkpointer import WEIGHTS, find_entry
-from runner.checkpoint.store import CheckpointStore, Entry
+from runner.checkpoint.store import Entry
 from runner.checkpoint.weights import CheckpointError, read_metadata
 from runner.errors import first_line
 

@@ -56,6 +56,8 @@ class TrainConfig(Schema):
                                                      "a checkpoint or run directory | an MLflow run id")
 
     def problems(self):
+        if not self.optimizer_args and self.schedule is None:
+            return  # the built-in optimizers take any positive finite lr; building one costs seconds
         from runner.train.optim import make_optimizer, make_schedule
 
         import torch

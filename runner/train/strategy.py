@@ -221,8 +221,6 @@ def shard_units(net) -> list[str]:
     """Modules that can be FSDP units of their own: copies made by ``repeat`` (or items of a
     ModuleList), outermost first, that share no tensor with anything outside them (tied tensors
     must live in one unit)."""
-    from runner import names as N
-
     aliases = net.param_aliases()
     units: list[str] = []
     for name, info in net.infos.items():
