@@ -78,6 +78,17 @@ def test_weights_that_stopped_moving():
     assert by_rule["stopped"].value < 1e-8
 
 
+def test_a_schedule_annealed_to_zero_is_not_a_stopped_layer():
+    """Cosine annealing ends with a learning rate of zero: the last updates are tiny on purpose, so
+    the "too small" rules judge the steps before the rate decayed; a rate that is tiny from the
+    start is still flagged."""
+    by_rule, findings = trained(train={"schedule": "cosine"})
+    assert findings == [], [f.message for f in findings]
+    by_rule, _ = trained(train={"schedule": "cosine", "lr": 1e-7})
+    f = by_rule["update_too_small"]
+    assert f.value < 1e-5 and "before the learning-rate schedule decayed" in f.message
+
+
 def test_non_finite_steps_are_a_finding():
     by_rule, _ = trained(data={"kind": "uniform_regression", "nan_at": 3}, train={"nonfinite": {"policy": "skip"}})
     f = by_rule["nonfinite"]

@@ -12,7 +12,9 @@ layers in network order, tie groups, which layers are ReLUs) give:
   ``vanishing_gradients`` / ``exploding_gradients``: the RMS gradient of the first weight
   matrix is below 1/1000 (above 1000 times) that of the last one; ``update_too_large`` /
   ``update_too_small``: a tensor's median update ratio over the last logging steps is above 3e-2
-  or below 1e-5 (healthy is around 1e-3); ``stopped``: below 1e-8, the tensor no longer moves;
+  or below 1e-5 (healthy is around 1e-3); ``stopped``: below 1e-8, the tensor no longer moves.
+  The two "too small" rules look at the last logging steps whose learning rate was at least a
+  tenth of its peak: a schedule that anneals toward zero slows every update on purpose;
   ``dead_relu``: 95 % or more of a ReLU layer's outputs are zero, or a ReLU layer's weights get
   no gradient at all; ``no_gradient``: another tensor gets none; ``nonfinite``: skipped
   non-finite steps, or weights that are NaN/Inf.
@@ -28,6 +30,7 @@ TOO_LARGE, TOO_SMALL, STOPPED = 3e-2, 1e-5, 1e-8
 DEPTH_RATIO = 1e3        # first/last RMS gradient beyond this (or its inverse): vanishing / exploding
 DEAD = 0.95
 RECENT = 5               # logging steps a rule looks back over
+LR_FLOOR = 0.1           # "too small" rules skip steps whose learning rate fell below this share of its peak
 
 
 @dataclass
@@ -127,6 +130,20 @@ def _median(values):
     return statistics.median(values) if values else None
 
 
+def _steady(entries: list[tuple[int, dict]]) -> list[tuple[int, dict]]:
+    """The entries whose learning rate was at least LR_FLOOR of its peak (``train/lr`` carried
+    forward: the store holds it only where it changed); all of them when no rate is known."""
+    lr, rates = None, []
+    for _, m in entries:
+        lr = m.get("train/lr", lr)
+        rates.append(lr if _finite(lr) else None)
+    known = [r for r in rates if r is not None]
+    if not known or max(known) <= 0:
+        return entries
+    peak = max(known)
+    return [e for e, r in zip(entries, rates) if r is None or r >= LR_FLOOR * peak]
+
+
 def diagnose(model: ModelInfo, entries: list[tuple[int, dict]], skipped: list[int]) -> list[Finding]:
     """Every finding about a run (see the module docstring), most serious first."""
     out: list[Finding] = []
@@ -179,6 +196,8 @@ def diagnose(model: ModelInfo, entries: list[tuple[int, dict]], skipped: list[in
             if d and min(d) >= DEAD:
                 out.append(Finding("dead_relu", l["name"], last_step, d[-1],
                                    f"{l['name']}: {d[-1]:.0%} of its ReLU outputs are zero at step {last_step}"))
+    steady = _steady(entries)[-RECENT:]
+    annealed = bool(steady) and steady[-1][0] != last_step
     dead_named = {f.layer for f in out if f.rule == "dead_relu"}
     for t in params:
         name = t["name"]
@@ -195,21 +214,27 @@ def diagnose(model: ModelInfo, entries: list[tuple[int, dict]], skipped: list[in
             continue
         if len(t["shape"]) < 2:  # biases and norm scales: the ratio of a near-zero vector says little
             continue
-        ratios = [(s, v) for s, m in recent if s > 1 and _finite(v := m.get(f"update_ratio/{name}", math.nan))]
+        def ratios_in(window):
+            return [(s, v) for s, m in window if s > 1 and _finite(v := m.get(f"update_ratio/{name}", math.nan))]
+
+        ratios = ratios_in(recent)
+        if ratios and (med := statistics.median(v for _, v in ratios)) > TOO_LARGE:
+            out.append(Finding("update_too_large", name, ratios[-1][0], med,
+                               f"{name}: updates of {med:.3g} of its norm per step at step {ratios[-1][0]} (healthy: "
+                               "about 1e-3); lower train.lr, or initialise it larger"))
+            continue
+        ratios = ratios_in(steady)
         if not ratios:
             continue
         med = statistics.median(v for _, v in ratios)
-        step, value = ratios[-1]
-        if med > TOO_LARGE:
-            out.append(Finding("update_too_large", name, step, med,
-                               f"{name}: updates of {med:.3g} of its norm per step at step {step} (healthy: about "
-                               "1e-3); lower train.lr, or initialise it larger"))
-        elif med < STOPPED:
+        step = ratios[-1][0]
+        when = f"step {step}" + (" (before the learning-rate schedule decayed)" if annealed else "")
+        if med < STOPPED:
             out.append(Finding("stopped", name, step, med, f"{name} has stopped moving: update ratio {med:.2g} at "
-                                                            f"step {step}"))
+                                                            f"{when}"))
         elif med < TOO_SMALL:
             out.append(Finding("update_too_small", name, step, med,
-                               f"{name}: updates of only {med:.2g} of its norm per step at step {step} (healthy: "
+                               f"{name}: updates of only {med:.2g} of its norm per step at {when} (healthy: "
                                "about 1e-3); it barely learns"))
     order = ["nonfinite", "exploding_gradients", "vanishing_gradients", "update_too_large", "dead_relu",
              "no_gradient", "stopped", "update_too_small"]
