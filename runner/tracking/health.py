@@ -5,7 +5,8 @@ all by runner name, see ``runner.tracking.keys``) and a description of its model
 layers in network order, tie groups, which layers are ReLUs) give:
 
 - :func:`layer_table`: one row per tensor, in network order: weight std and its drift from the
-  first logged value, gradient norm, update ratio, dead-unit share (ReLU layers, with
+  first logged value, gradient norm, update ratio (the median of the steps the rules judge),
+  dead-unit share (of its ReLU layer, or of the ReLU that takes its layer's output, with
   ``tracking.activations``), and how often its statistics were not finite;
 - :func:`diagnose`: findings, each naming the layer, the step and the number:
 
@@ -101,6 +102,8 @@ def _finite(v) -> bool:
 def layer_table(model: ModelInfo, entries: list[tuple[int, dict]]) -> list[dict]:
     """One row per parameter tensor, in network order (see the module docstring)."""
     relu = {l["name"] for l in model.layers if l["relu"]}
+    after = _relu_after(model)
+    steady = {s for s, _ in _steady(entries)}
     rows = []
     for t in model.tensors:
         if t["kind"] != "param":
@@ -110,7 +113,8 @@ def layer_table(model: ModelInfo, entries: list[tuple[int, dict]]) -> list[dict]
         norm = _series(entries, f"weight_norm/{name}")
         grad = _series(entries, f"grad_norm/{name}")
         ratio = [(s, v) for s, v in _series(entries, f"update_ratio/{name}") if s > 1]
-        dead = _series(entries, f"act_dead/{t['layer']}") if t["layer"] in relu else []
+        dead_layer = t["layer"] if t["layer"] in relu else after.get(t["layer"])
+        dead = _series(entries, f"act_dead/{dead_layer}") if dead_layer else []
         bad = sum(1 for _, m in entries for k in (f"weight_norm/{name}", f"grad_norm/{name}")
                   if k in m and not _finite(m[k]))
         last = lambda s: s[-1][1] if s else None  # noqa: E731
@@ -120,9 +124,24 @@ def layer_table(model: ModelInfo, entries: list[tuple[int, dict]]) -> list[dict]
         rows.append({"name": name, "layer": t["layer"], "type": t["type"], "numel": t["numel"],
                      "aliases": t.get("aliases", []), "weight_std": last(std), "weight_norm": last(norm),
                      "drift": drift, "grad_norm": last(grad), "update_ratio": last(ratio),
-                     "update_ratio_median": _median([v for _, v in ratio[-RECENT:]]),
+                     "update_ratio_median": _median([v for s, v in ratio if s in steady][-RECENT:]),
                      "dead": last(dead) if dead else None, "nonfinite": bad, "step": entries[-1][0] if entries else 0})
     return rows
+
+
+def _relu_after(model: ModelInfo) -> dict[str, str]:
+    """Layer with parameters -> the parameter-free ReLU that takes its output (conv, then norm,
+    then a ``relu`` node: the norm's row shows the ReLU's dead share)."""
+    out, prev = {}, None
+    for l in model.layers:
+        if l.get("block"):
+            continue
+        if l["params"] or l.get("reuse_of"):
+            prev = l["name"]
+        elif l["relu"] and prev is not None and prev not in out:
+            out[prev] = l["name"]
+            prev = None
+    return out
 
 
 def _median(values):

@@ -75,7 +75,7 @@ def build(review: dict, maps: dict[str, bytes]) -> str:
                      "no dead ReLU layer, nothing stopped moving, every step finite.</div>")
     # layer health table
     parts.append("<h2 id='health'>Layer health</h2><table class='health'><tr><th class='name'>tensor</th><th>layer type"
-                 "</th><th>values</th><th>weight std</th><th>drift of norm</th><th>grad norm</th><th>update ratio</th>"
+                 "</th><th>values</th><th>weight std</th><th>drift of norm</th><th>grad norm</th><th>update ratio (recent median)</th>"
                  f"<th>log scale (band {BAND[0]:g}&ndash;{BAND[1]:g})</th><th>dead ReLU share</th><th>non-finite</th></tr>")
     for row in layer_table(model, entries):
         tie = f"<div class='tie'>shared as {esc(', '.join(row['aliases']))}</div>" if row["aliases"] else ""
