@@ -168,6 +168,11 @@ def test_layer_tied_to_itself_and_type_mismatch():
            "ties": [{"layers": ["n", "l"]}]}
     with pytest.raises(ConfigError, match="l is a Dense but n is a LayerNorm"):
         build_model(cfg, X)
+    # the first layer holds a parameter the other lacks: still one config error, naming the group
+    cfg = {"layers": [{"type": "linear", "name": "l", "out": 4}, {"type": "rmsnorm", "name": "r"}],
+           "ties": [{"layers": ["l", "r"]}]}
+    with pytest.raises(ConfigError, match=r"model.ties\[0\].layers: r is a RMSNorm but l is a Dense"):
+        build_model(cfg, X)
 
 
 def test_transposed_tie_shape_and_dtype_checks():

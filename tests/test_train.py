@@ -390,6 +390,23 @@ def test_a_dead_writer_never_stalls_training_and_is_reported(store):
     assert any("writer" in e for e in report.errors)
 
 
+def test_a_resumed_run_delivers_its_predecessors_spool_but_keeps_its_own_status(store, tmp_path):
+    """A killed part of the run left values and a deferred KILLED status in its spool: the resumed
+    part delivers the values while it trains, and stays RUNNING until its own end."""
+    from runner.tracking.spool import append
+
+    run_id = store.client.create_run(store.client.create_experiment("resumed")).info.run_id
+    spool = tmp_path / "mlflow_spool.jsonl"
+    append(spool, {"run_id": run_id, "metrics": [["train/loss", 0.5, 1000, 1], ["train/loss", 0.25, 1001, 2]]})
+    append(spool, {"run_id": run_id, "status": "KILLED"})
+    sink = MlflowSink(store.uri, run_id)
+    sink.replay([str(spool)])
+    report = sink.close(timeout=60)
+    assert any("delivered 2 value(s)" in n for n in report.notes), report
+    assert [m.value for m in store.client.get_metric_history(run_id, "train/loss")] == [0.5, 0.25]
+    assert store.client.get_run(run_id).info.status == "RUNNING"
+
+
 def test_values_left_in_the_spool_are_delivered_once_by_the_replay_command(store, tmp_path, monkeypatch):
     from mlflow import MlflowClient
     from mlflow.entities import Metric

@@ -96,12 +96,15 @@ def resolve_groups(net, ties: list[dict], path: str = "model.ties") -> list[tupl
                 continue
             first = net.module(layers[0])
             attrs = [n for n, _ in first.named_parameters() if ".parametrizations." not in n]
+            before = len(p.items)
             for other in layers[1:]:
                 m = net.module(other)
                 if type(m) is not type(first):
                     p.add(f"{gp}.layers", f"{other} is a {type(m).__name__} but {layers[0]} is a {type(first).__name__}")
                 elif [n for n, _ in m.named_parameters() if ".parametrizations." not in n] != attrs:
                     p.add(f"{gp}.layers", f"{other} and {layers[0]} do not hold the same parameters")
+            if len(p.items) > before:  # layers that differ have no parameters to pair up
+                continue
             pairs = [[N.join(layer, a) for layer in layers] for a in attrs]
             if not attrs:
                 p.add(f"{gp}.layers", f"{layers[0]} has no parameters to share")

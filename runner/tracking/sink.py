@@ -338,7 +338,7 @@ class _Writer:
 
         for p in paths:
             try:
-                sent, _ = replay(Path(p), self.client, self.notes.append)
+                sent, _ = replay(Path(p), self.client, self.notes.append, statuses=False)
                 if sent:
                     self.notes.append(f"delivered {sent} value(s) an earlier part of this run left in {p}")
             except Exception as e:

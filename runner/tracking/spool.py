@@ -163,9 +163,11 @@ def read_spool(path: Path) -> tuple[dict[str, list[tuple[str, float, int, int]]]
     return {run: list(values.values()) for run, values in runs.items()}, actions
 
 
-def replay(path: Path, client, say: Callable[[str], None] = lambda text: None) -> tuple[int, int]:
+def replay(path: Path, client, say: Callable[[str], None] = lambda text: None,
+           statuses: bool = True) -> tuple[int, int]:
     """Deliver everything a spool holds that the store does not. Returns (metric values sent,
-    already there)."""
+    already there). ``statuses=False`` leaves out deferred final statuses: a resumed run replays
+    its killed predecessor's spool while it trains, and its own end decides its status."""
     from mlflow.entities import Metric, RunTag
 
     values, actions = read_spool(path)
@@ -195,7 +197,7 @@ def replay(path: Path, client, say: Callable[[str], None] = lambda text: None) -
             from runner.checkpoint.registry import publish_deferred
 
             say(f"registered {publish_deferred(client, run_id, record['register'])}")
-        if "status" in record:
+        if "status" in record and statuses:
             client.set_terminated(run_id, record["status"])
             say(f"run {run_id} ended {record['status']}")
     return sent, present
