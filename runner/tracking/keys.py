@@ -39,6 +39,13 @@ class KeyNames:
         self.index = {name: f"{i:0{width}d} {name}" for i, name in enumerate(order)}
         self.cache: dict[str, str] = {}
 
+    @classmethod
+    def for_model(cls, tensors: list[str], layers: list[str]) -> "KeyNames":
+        """Tensors numbered in network order, and layers (every named node) likewise."""
+        names = cls(tensors)
+        names.index.update(cls(layers).index)
+        return names
+
     def display(self, key: str, value: float) -> tuple[str, float]:
         """The MLflow name and value of runner metric ``key``."""
         name = self.cache.get(key)

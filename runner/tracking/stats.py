@@ -178,8 +178,13 @@ class StatsCollector:
         self._keys.extend(keys)
         stack = np.stack if isinstance(values[0], np.ndarray) else torch.stack
         block = stack(values).reshape(-1) if len(values) > 1 else values[0]
-        if keep is not None:
-            block = block[keep if isinstance(block, np.ndarray) else torch.tensor(keep, device=block.device)]
+        if keep is not None and isinstance(block, np.ndarray):
+            block = block[keep]
+        elif keep is not None:  # the index tensor is made once per device, not at every logging step
+            index = r.keys.get((prefix, which, block.device))
+            if index is None:
+                index = r.keys[(prefix, which, block.device)] = torch.tensor(keep, device=block.device)
+            block = block[index]
         self._pending.append(block)
 
     def _add_samples(self, kind: str, r: Reducer, tensors: list[torch.Tensor], packed: torch.Tensor) -> None:
@@ -243,11 +248,12 @@ class StatsCollector:
         self._add_samples("weight", r, self.flat, packed)
         self._before = None
         # the one host transfer: every scalar, then every histogram sample
-        values = to_host(self._pending)
-        metrics = {**self._host, **dict(zip(self._keys, values.tolist()))}
+        fetched = to_host(self._pending + self._sample_tensors)
+        n = len(self._keys)  # one key per scalar in _pending; the samples follow
+        metrics = {**self._host, **dict(zip(self._keys, fetched[:n].tolist()))}
         for i, lr in enumerate(lrs):
             metrics["train/lr" if i == 0 else f"train/lr_group{i}"] = lr
-        samples = torch.from_numpy(to_host(self._sample_tensors, np.float32)) if self._samples else None
+        samples = torch.from_numpy(fetched[n:].astype(np.float32)) if self._samples else None
         logged = LoggedStep(step, metrics, samples, self._samples)
         self._pending, self._keys, self._samples, self._sample_tensors, self._host = [], [], [], [], {}
         return logged

@@ -38,9 +38,7 @@ class Tracker:
         self.every_n_epochs = cfg.report.every_n_epochs
         self.meta = meta
         self.model = ModelInfo.of(collector.net)
-        layers = [l["name"] for l in self.model.layers]
-        self.names = KeyNames(collector.names)
-        self.names.index.update(KeyNames(layers).index)
+        self.names = KeyNames.for_model(collector.names, [l["name"] for l in self.model.layers])
         self.history: list[LoggedStep] = []   # statistics, and samples in bfloat16
         self.epochs: list[tuple[int, dict]] = []
         self.skips: list[int] = []

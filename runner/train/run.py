@@ -185,9 +185,8 @@ def check_names(cfg, collector, registered) -> None:
     from runner.tracking.limits import problems
     from runner.tracking.run import flatten
 
-    names = KeyNames(collector.names)
-    layers = [n for n in collector.net.leaf_modules()]
-    names.index.update(KeyNames(layers).index)
+    names = KeyNames.for_model(collector.names, [n for n in collector.net.infos if n])  # as the Tracker numbers them
+    layers = list(collector.net.leaf_modules())
     keys = [names.display(f"{stat}/{n}", 1.0)[0] for n in collector.names
             for stat in ("grad_norm", "weight_std", "update_ratio")] + \
            [names.display(f"act_mean/{layer}", 1.0)[0] for layer in layers]
