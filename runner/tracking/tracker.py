@@ -134,6 +134,8 @@ class Tracker:
     def render(self, step: int, findings: list | None = None) -> None:
         """Send the history to the writer, which draws the heat maps and the report."""
         self._rendered = step
+        if not getattr(self.sink, "draws", True):
+            return
         series: dict[str, tuple[list[int], list]] = {}
         if self.hist_on:
             for logged in self.history:

@@ -208,6 +208,8 @@ def started_here(out: Path) -> str | None:
 class NullSink:
     """Where the statistics of ranks other than 0 go: nowhere (they only take part in reductions)."""
 
+    draws = False  # the tracker skips assembling reviews nobody draws
+
     def log(self, metrics, step):
         pass
 
