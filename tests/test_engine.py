@@ -116,6 +116,18 @@ def test_abort_after_trips_at_the_exact_step_even_between_logging_steps():
         fit(net, d, cfg)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan")])
+def test_weights_that_are_not_finite_stop_the_run_at_the_epoch_end(bad):
+    from runner.train.nonfinite import NonFiniteError
+
+    net = runner.build(model="d2l_mlp")
+    with torch.no_grad():
+        net.param("hidden.weight")[1, 2] = bad  # every step is then skipped: the weights stay bad
+    cfg = {"optimizer": "sgd", "lr": 0.1, "epochs": 2, "progress": "quiet", "nonfinite": {"policy": "skip"}}
+    with pytest.raises(NonFiniteError, match=r"the weights became non-finite \(NaN/Inf\) by step 10 \(epoch 0\)"):
+        fit(net, data(n=160, batch=16), cfg)
+
+
 def test_accumulating_micro_batches_matches_one_large_batch():
     results = []
     for batch, n in ((32, 1), (8, 4)):

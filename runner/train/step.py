@@ -141,11 +141,15 @@ class Stepper:
         """Whether every parameter is finite (one fused check; read back: at epoch ends only).
         A step is never applied when its loss or gradients are not finite, but an update can
         still overflow; a run must not end a success with weights that did."""
-        found = torch.zeros((), device=self.device)
         values = [p.detach() for p in self.params]
         if self.sharded:
             values = [_local(v) for v in values]
-        torch._amp_foreach_non_finite_check_and_unscale_([v.clone() for v in values], found, self.one)
+        values = [v for v in values if v.numel()]  # an empty shard has nothing to check
+        # the largest magnitude of each tensor: NaN or Inf when any value is, and no copy of the weights
+        found = torch.zeros((), device=self.device)
+        if values:
+            largest = torch.stack([n.float() for n in torch._foreach_norm(values, float("inf"))])
+            found = (~largest.isfinite()).any().float()
         if self.strategy.world > 1:
             self.strategy.reduce_max_(found.view(1))
         return not bool(found)
