@@ -4,16 +4,14 @@ from __future__ import annotations
 import html
 import math
 
+from runner.tracking.health import _finite
+
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
            "#17becf"]
 
 
 def esc(text) -> str:
     return html.escape(str(text), quote=True)
-
-
-def _finite(v) -> bool:
-    return isinstance(v, (int, float)) and math.isfinite(v)
 
 
 def ramp(i: int, n: int) -> str:

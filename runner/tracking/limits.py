@@ -25,10 +25,11 @@ def problems(params: dict[str, str], metric_keys: list[str], experiment: str,
     from mlflow.utils.validation import (
         MAX_ENTITY_KEY_LENGTH,
         _validate_experiment_name,
-        _validate_metric_name,
         _validate_model_name,
         _validate_param_name,
     )
+
+    from runner.tracking.spool import refusal
 
     out: list[Problem] = []
     for key in params:
@@ -39,7 +40,7 @@ def problems(params: dict[str, str], metric_keys: list[str], experiment: str,
             out.append(Problem(key, f"cannot be an MLflow param name: {msg}"))
     seen = set()
     for key in metric_keys:
-        msg = _refused(_validate_metric_name, key) or (
+        msg = refusal(key) or (
             f"is {len(key)} characters long; MLflow takes at most {MAX_ENTITY_KEY_LENGTH}"
             if len(key) > MAX_ENTITY_KEY_LENGTH else None)
         if msg and key not in seen:

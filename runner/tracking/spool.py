@@ -88,11 +88,9 @@ def refusal(key: str) -> str | None:
     """Why the store would refuse metric key ``key`` (MLflow's own check), or None."""
     from mlflow.utils.validation import _validate_metric_name
 
-    try:
-        _validate_metric_name(key)
-    except Exception as e:
-        return first_line(e)
-    return None
+    from runner.tracking.limits import _refused
+
+    return _refused(_validate_metric_name, key)
 
 
 def send_metrics(client: Any, run_id: str, metrics: list, refused: Callable[[str, str], None]) -> int:
