@@ -18,7 +18,7 @@ from pathlib import Path
 from runner.checkpoint.config import CheckpointConfig
 from runner.checkpoint.state import load_state, save_state
 from runner.checkpoint.store import CheckpointStore, Entry, verify
-from runner.checkpoint.weights import CheckpointError, config_hash, load_into, read_weights, save_weights
+from runner.checkpoint.weights import CheckpointError, DamagedCheckpoints, config_hash, load_into, read_weights, save_weights
 
 WEIGHTS, STATE = "weights.safetensors", "state.pt"
 RUN_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -72,7 +72,7 @@ def find_entry(path: Path) -> Entry:
                 return entry
             damaged += store.skipped
     if damaged:
-        raise CheckpointError(f"no intact checkpoint at {path}; " + "; ".join(damaged))
+        raise DamagedCheckpoints(f"no intact checkpoint at {path}; " + "; ".join(damaged))
     raise CheckpointError(f"no committed checkpoint at {path}")
 
 

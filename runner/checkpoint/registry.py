@@ -19,7 +19,7 @@ from typing import Any
 
 from runner.checkpoint.checkpointer import WEIGHTS, find_entry
 from runner.checkpoint.store import Entry
-from runner.checkpoint.weights import CheckpointError, read_metadata
+from runner.checkpoint.weights import CheckpointError, DamagedCheckpoints, read_metadata
 from runner.errors import first_line
 
 BEST = "best"
@@ -141,7 +141,7 @@ def _weights_in(path: Path) -> Path:
     except CheckpointError as e:
         if (path / WEIGHTS).is_file():
             return path / WEIGHTS
-        if "no intact checkpoint" in str(e):  # entries there, all damaged: say how
+        if isinstance(e, DamagedCheckpoints):  # entries there, all damaged: say how
             raise
         raise CheckpointError(f"{path}: no committed checkpoint or weights file found") from None
 

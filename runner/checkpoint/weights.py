@@ -25,6 +25,10 @@ class CheckpointError(UserError):
     """A checkpoint that cannot be used: missing, corrupted, unsafe or not matching the model."""
 
 
+class DamagedCheckpoints(CheckpointError):
+    """Checkpoint entries are there, but none of them is intact (the message says why)."""
+
+
 def config_hash(model_cfg: dict) -> str:
     return hashlib.sha256(json.dumps(model_cfg, sort_keys=True).encode()).hexdigest()[:16]
 
