@@ -171,9 +171,10 @@ def known_keys(path: str) -> list[str]:
     from runner.schema import _schema_in, field_names
 
     parts = path.split(".") if path else []
+    top = {name: _schema_in(info.annotation) for name, info in TopConfig.model_fields.items()}
     if not parts:
-        return ["task", "seed", "inspect", "model", "init", "data", "train", "tracking", "checkpoint"]
-    cls = {**schemas(), "inspect": TopConfig.model_fields["inspect"].annotation}.get(parts[0])
+        return [*top, "model", "init", "data", *schemas()]  # model, init, data: groups with YAML presets only
+    cls = {**schemas(), **top}.get(parts[0])
     for part in parts[1:]:
         if cls is None:
             return []
