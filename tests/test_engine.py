@@ -39,6 +39,8 @@ def data(n=256, batch=16, **kw):
 
 
 def test_no_host_reads_between_logging_steps(monkeypatch):
+    # the accelerator path, run on the CPU: the flag stays on the device and the fused optimizer skips
+    monkeypatch.setattr(step_module, "HOST_DEVICES", set())
     net = runner.build(model="d2l_mlp", init="d2l_normal")
     d = data(n=448, batch=16)  # 28 steps: logging at 1, 10, 20
     tracker = Tracker(StatsCollector(net, {"every_n_steps": 10, "histograms": {"sample": 8}}), Recorder())
@@ -69,6 +71,7 @@ def test_no_host_reads_between_logging_steps(monkeypatch):
                  tracker)
     monkeypatch.undo()
     assert result.steps == 28 and result.skipped == 0
+    assert result.final["train/epoch_loss"] > 0
     inside_quiet = [r for r in reads if r[2] and not r[1]]
     assert inside_quiet == [], inside_quiet[:5]
     assert any(r[2] and r[1] for r in reads)  # the instrument does see the reads of logging steps
@@ -76,10 +79,12 @@ def test_no_host_reads_between_logging_steps(monkeypatch):
     assert sorted(tracker.sink.metrics) == [1, 10, 20, 28] and "grad_norm/hidden.weight" in tracker.sink.metrics[10]
 
 
-def test_a_bad_step_is_skipped_on_the_device_and_never_applied():
+@pytest.mark.parametrize("host_devices", [{"cpu"}, set()], ids=["flag read on the host", "skipped on the device"])
+def test_a_bad_step_is_skipped_and_never_applied(monkeypatch, host_devices):
     from runner.train.config import TrainConfig
     from runner.train.optim import make_optimizer
 
+    monkeypatch.setattr(step_module, "HOST_DEVICES", host_devices)
     assert make_optimizer(runner.build(model="d2l_mlp").parameters(), TrainConfig(optimizer="adamw")).defaults["fused"]
     net = runner.build(model="d2l_mlp")
     calls = {"n": 0}
