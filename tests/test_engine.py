@@ -197,3 +197,19 @@ def test_compiled_training_matches_eager_and_says_activations_are_unavailable(st
     assert "activation statistics are unavailable with train.compile" in r.stdout
     metrics = store.metrics(store.only_run())
     assert "grad_norm/hidden.weight" in metrics and not any(k.startswith("act_") for k in metrics)
+
+
+@pytest.mark.parametrize("schedule", [None, "cosine"])
+def test_the_learning_rate_is_logged_when_it_changes(schedule):
+    net = runner.build(model="d2l_mlp")
+    tracker = Tracker(StatsCollector(net, {"every_n_steps": 5, "histograms": {"enabled": False}}), Recorder())
+    fit(net, data(n=320, batch=16), {"optimizer": "sgd", "lr": 0.1, "schedule": schedule, "epochs": 1,
+                                     "progress": "quiet"}, tracker)
+    logged = {step: m["train/lr"] for step, m in tracker.sink.metrics.items() if "train/lr" in m}
+    if schedule is None:
+        assert logged == {1: 0.1}
+    else:
+        assert sorted(logged) == [1, 5, 10, 15, 20]
+        rates = [logged[s] for s in sorted(logged)]
+        assert rates[0] == pytest.approx(0.1) and all(a > b for a, b in zip(rates, rates[1:]))
+    assert all("train/loss" in m for step, m in tracker.sink.metrics.items() if step % 5 == 0)

@@ -37,7 +37,7 @@ class KeyNames:
     def __init__(self, order: list[str]):
         width = max(2, len(str(max(len(order) - 1, 0))))
         self.index = {name: f"{i:0{width}d} {name}" for i, name in enumerate(order)}
-        self.cache: dict[str, str] = {}
+        self.cache: dict[str, tuple[str, bool]] = {}  # runner key -> (MLflow name, logged as log10)
 
     @classmethod
     def for_model(cls, tensors: list[str], layers: list[str]) -> "KeyNames":
@@ -48,26 +48,20 @@ class KeyNames:
 
     def display(self, key: str, value: float) -> tuple[str, float]:
         """The MLflow name and value of runner metric ``key``."""
-        name = self.cache.get(key)
-        prefix, _, rest = key.partition("/")
-        if name is None:
+        known = self.cache.get(key)
+        if known is None:
+            prefix, _, rest = key.partition("/")
             section = SECTIONS.get(prefix)
-            if section is None or not rest:
-                name = key
-            else:
-                name = f"{section}/{self.index.get(rest, rest)}"
-            self.cache[key] = name
-        if prefix in LOG10:
+            name = key if section is None or not rest else f"{section}/{self.index.get(rest, rest)}"
+            known = self.cache[key] = (name, prefix in LOG10)
+        name, log10 = known
+        if log10:
             value = math.log10(value) if value > 0 else (-math.inf if value == 0 else math.nan)
         return name, value
 
 
 def display_all(names: KeyNames, metrics: dict[str, float]) -> dict[str, float]:
-    out = {}
-    for k, v in metrics.items():
-        name, value = names.display(k, v)
-        out[name] = value
-    return out
+    return dict(names.display(k, v) for k, v in metrics.items())
 
 
 def internal(name: str, value: float | None = None) -> tuple[str, float | None]:

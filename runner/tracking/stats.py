@@ -46,6 +46,11 @@ class LoggedStep:
         return out
 
 
+def lr_key(group: int) -> str:
+    """The metric key of a parameter group's learning rate."""
+    return "train/lr" if group == 0 else f"train/lr_group{group}"
+
+
 def to_host(parts: list, dtype=np.float64) -> np.ndarray:
     """One flat host array of ``parts`` (numpy arrays, and device tensors fetched in one copy)."""
     tensors = [p.reshape(-1).float() for p in parts if isinstance(p, torch.Tensor)]
@@ -252,7 +257,7 @@ class StatsCollector:
         n = len(self._keys)  # one key per scalar in _pending; the samples follow
         metrics = {**self._host, **dict(zip(self._keys, fetched[:n].tolist()))}
         for i, lr in enumerate(lrs):
-            metrics["train/lr" if i == 0 else f"train/lr_group{i}"] = lr
+            metrics[lr_key(i)] = lr
         samples = torch.from_numpy(fetched[n:].astype(np.float32)) if self._samples else None
         logged = LoggedStep(step, metrics, samples, self._samples)
         self._pending, self._keys, self._samples, self._sample_tensors, self._host = [], [], [], [], {}

@@ -19,7 +19,7 @@ import torch
 
 from runner.tracking.health import ModelInfo, diagnose
 from runner.tracking.keys import KeyNames, display_all
-from runner.tracking.stats import LoggedStep, StatsCollector
+from runner.tracking.stats import LoggedStep, StatsCollector, lr_key
 
 MAX_COLUMNS = 64
 
@@ -65,12 +65,12 @@ class Tracker:
 
     def after_step(self, step: int, loss, lrs: list[float]) -> None:
         logged = self.collector.after_step(step, loss, lrs)
-        metrics = dict(logged.metrics)
-        for key in [k for k in metrics if k.startswith("train/lr")]:  # a constant rate: logged once
-            if self._lrs.get(key) == metrics[key]:
-                del metrics[key]
-            else:
-                self._lrs[key] = metrics[key]
+        metrics = logged.metrics
+        keys = [lr_key(i) for i in range(len(lrs))]
+        unchanged = {k for k in keys if self._lrs.get(k) == metrics[k]}
+        self._lrs.update((k, metrics[k]) for k in keys)
+        if unchanged:  # a constant rate is logged once
+            metrics = {k: v for k, v in metrics.items() if k not in unchanged}
         self.log(metrics, step)
         self._logged += 1
         if self._logged % self._stride == 0:

@@ -133,6 +133,7 @@ class Stepper:
             del self.opt.found_inf, self.opt.grad_scale
         elif good or (good is None and not bool(bad)):
             self.opt.step()
+        lrs = [g["lr"] for g in self.opt.param_groups] if good else None  # the rates this step used
         if self.sched is not None:
             self.sched.step()  # the schedule follows batches consumed, skipped ones included
         if self.scaler is not None:
@@ -140,7 +141,7 @@ class Stepper:
         if good:
             mean = self._mean(acc)  # collective under torchrun: every rank, every logging step
             if tracker is not None:
-                tracker.after_step(step, mean, [g["lr"] for g in self.opt.param_groups])
+                tracker.after_step(step, mean, lrs)
         self.opt.zero_grad(set_to_none=True)
         return good
 
