@@ -31,6 +31,24 @@ def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[s
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def paired(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, tuple[float, float, float, float]]:
+    """Per variant: (median seconds, median ratio, lowest ratio, highest ratio), the ratios taken
+    within each round against the first variant, which ran just before: a slow drift in the
+    machine's load then cancels out of each ratio, and the range shows what is left of the noise."""
+    for fn in variants.values():  # one unrecorded round: first-call costs (lazy imports, caches) go here
+        fn()
+    times: dict[str, list[float]] = {k: [] for k in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            times[name].append(fn())
+    base = times[next(iter(variants))]
+    out = {}
+    for name, ts in times.items():
+        ratios = [t / b for t, b in zip(ts, base)]
+        out[name] = (statistics.median(ts), statistics.median(ratios), min(ratios), max(ratios))
+    return out
+
+
 def timed(fn: Callable[[], object]) -> float:
     t0 = time.perf_counter()
     fn()

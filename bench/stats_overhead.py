@@ -1,7 +1,8 @@
 """Statistics overhead: runner training (stats + MLflow tracking) vs a plain torch loop.
 
-Same model, data, steps and seed; the plain loop logs nothing. Runs are interleaved and the
-median of each is reported, with the ratio to the plain loop. Usage:
+Same model, data, steps and seed; the plain loop logs nothing. Runs are interleaved (plain,
+tracked, ..., plain, tracked, ...): each variant's median time is reported, and its ratio to the
+plain loop of the same round, as the median over rounds with the lowest and highest. Usage:
 
     python bench/stats_overhead.py [--rounds 5]
 """
@@ -15,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from common import fresh_store, interleaved, timed  # noqa: E402
+from common import fresh_store, paired, timed  # noqa: E402
 
 CASES = {
     "chapter MLP (4-4-1, batch 32)": dict(
@@ -78,7 +79,7 @@ def main() -> None:
 
     uri, client = fresh_store()
     exp = client.create_experiment("bench")
-    print(f"{'case':56} {'variant':30} {'median s':>9} {'ratio':>7}", flush=True)
+    print(f"{'case':56} {'variant':30} {'median s':>9} {'ratio':>7} {'range':>13}", flush=True)
     for case, spec in CASES.items():
         if args.cases not in case:
             continue
@@ -113,11 +114,9 @@ def main() -> None:
 
         variants = {"plain torch loop": plain, "runner, stats every 10 steps": tracked(10),
                     "runner, stats every step": tracked(1)}
-        result = interleaved(variants, args.rounds)
-        base = result["plain torch loop"]
-        for name, secs in result.items():
-            print(f"{case:56} {name:30} {secs:9.3f} {secs / base:6.2f}x", flush=True)
-        print(f"{'':56} ({steps} steps a run, {args.rounds} rounds, median)")
+        for name, (secs, ratio, low, high) in paired(variants, args.rounds).items():
+            print(f"{case:56} {name:30} {secs:9.3f} {ratio:6.2f}x {low:5.2f}-{high:4.2f}x", flush=True)
+        print(f"{'':56} ({steps} steps a run, {args.rounds} rounds)")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,11 @@ def world(tmp_path_factory, template_db):
     (files / "empty.csv").write_text("")
     (files / "words.csv").write_text("1,2,3\n4,five,6\n")
     (files / "one_column.csv").write_text("1\n2\n3\n")
+    (files / "nan_input.csv").write_text("1,2,3\n4,nan,6\n7,8,nan\n")
+    (files / "huge_target.csv").write_text("1,2,3\n4,5,1e39\n")
+    images = np.zeros((4, 1, 2, 2), dtype="float32")
+    images[2, 0, 1, 0] = np.inf
+    np.savez(files / "inf_image.npz", x=images, y=np.zeros(4))
     (files / "notes.txt").write_text("hello")
     (files / "tiny.txt").write_text("abc")
     (files / "noise.npz").write_bytes(b"this is not an archive")
@@ -174,6 +179,13 @@ CASES = [
     ("csv-empty", "runner", ["data=file", f"data.path={F}/empty.csv"], 2, "empty.csv cannot be read"),
     ("csv-words", "runner", ["data=file", f"data.path={F}/words.csv"], 2, "words.csv cannot be read"),
     ("csv-one-column", "runner", ["data=file", f"data.path={F}/one_column.csv"], 2, "one_column.csv has 1 column(s)"),
+    ("csv-nan-input", "runner", ["data=file", f"data.path={F}/nan_input.csv"], 2,
+     "nan_input.csv: 2 NaN or infinite value(s) in inputs (or too large for float32), the first at sample 1, column 1"),
+    ("csv-huge-target", "runner", ["data=file", f"data.path={F}/huge_target.csv"], 2,
+     "huge_target.csv: 1 NaN or infinite value(s) in targets (or too large for float32), the first at sample 1"),
+    ("npz-inf-image", "runner", ["data=file", f"data.path={F}/inf_image.npz", "data.task=classification"], 2,
+     "inf_image.npz: 1 NaN or infinite value(s) in x (or too large for float32), the first at sample 2, "
+     "position [0, 1, 0]"),
     ("npz-noise", "runner", ["data=file", f"data.path={F}/noise.npz"], 2, "noise.npz cannot be read"),
     ("npz-scalar", "runner", ["data=file", f"data.path={F}/scalar.npz"], 2, "scalar.npz: x is a single value (a 0-d array)"),
     ("npz-no-y", "runner", ["data=file", f"data.path={F}/no_y.npz"], 2, "no_y.npz has no array 'y' (arrays: x)"),

@@ -1,8 +1,9 @@
 """Your own data files: ``.npz`` (arrays ``x`` and ``y``) or ``.csv`` (the last column is the target).
 
 Everything that would make training fail later, or silently learn the wrong thing, is refused
-here with the file and the reason: empty files, 0-d arrays, non-numeric values, inputs and
-targets of different lengths, and class labels that are negative, fractional or out of range.
+here with the file and the reason: empty files, 0-d arrays, non-numeric values, NaN or infinite
+values (also those too large for float32), inputs and targets of different lengths, and class
+labels that are negative, fractional or out of range.
 """
 from __future__ import annotations
 
@@ -53,8 +54,10 @@ def read_file(cfg) -> tuple[torch.Tensor, torch.Tensor, str, int]:
     if len(x) != len(y):
         raise DataFileError(f"{where} has {len(x)} inputs but {len(y)} targets")
     xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    _refuse_non_finite(where, "inputs" if path.suffix != ".npz" else cfg.x_key, xt)
     if cfg.task != "classification":
         yt = torch.as_tensor(np.asarray(y, dtype=np.float32))
+        _refuse_non_finite(where, "targets" if path.suffix != ".npz" else cfg.y_key, yt)
         return xt, yt.reshape(len(yt), -1), "regression", 0
     labels = np.asarray(y).reshape(len(y), -1)
     if labels.shape[1] != 1:
@@ -72,3 +75,13 @@ def read_file(cfg) -> tuple[torch.Tensor, torch.Tensor, str, int]:
     if top >= classes:
         raise DataFileError(f"{where}: label {top} is out of range for data.classes={classes} (labels are 0..{classes - 1})")
     return xt, torch.as_tensor(labels.astype(np.int64)), "classification", classes
+
+
+def _refuse_non_finite(where: str, name: str, values: torch.Tensor) -> None:
+    """Training on NaN/Inf fails steps later, far from the cause: name the first one here."""
+    bad = ~torch.isfinite(values)
+    if bad.any():
+        at = torch.nonzero(bad)[0].tolist()
+        position = f"sample {at[0]}" + (f", position {at[1:]}" if len(at) > 2 else f", column {at[1]}" if len(at) == 2 else "")
+        raise DataFileError(f"{where}: {int(bad.sum())} NaN or infinite value(s) in {name} (or too large for "
+                            f"float32), the first at {position}; clean or drop those samples")
