@@ -33,7 +33,7 @@ def world(tmp_path_factory, template_db):
     (files / "empty.csv").write_text("")
     (files / "words.csv").write_text("1,2,3\n4,five,6\n")
     (files / "one_column.csv").write_text("1\n2\n3\n")
-    (files / "nan_input.csv").write_text("1,2,3\n4,nan,6\n7,8,nan\n")
+    (files / "nan_input.csv").write_text("1,2,3\n4,nan,6\nnan,8,9\n")
     (files / "huge_target.csv").write_text("1,2,3\n4,5,1e39\n")
     images = np.zeros((4, 1, 2, 2), dtype="float32")
     images[2, 0, 1, 0] = np.inf

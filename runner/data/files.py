@@ -53,10 +53,11 @@ def read_file(cfg) -> tuple[torch.Tensor, torch.Tensor, str, int]:
         raise DataFileError(f"{where} has no samples")
     if len(x) != len(y):
         raise DataFileError(f"{where} has {len(x)} inputs but {len(y)} targets")
-    xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
+    with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
+        xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
+        yt = torch.as_tensor(np.asarray(y, dtype=np.float32)) if cfg.task != "classification" else None
     _refuse_non_finite(where, "inputs" if path.suffix != ".npz" else cfg.x_key, xt)
-    if cfg.task != "classification":
-        yt = torch.as_tensor(np.asarray(y, dtype=np.float32))
+    if yt is not None:
         _refuse_non_finite(where, "targets" if path.suffix != ".npz" else cfg.y_key, yt)
         return xt, yt.reshape(len(yt), -1), "regression", 0
     labels = np.asarray(y).reshape(len(y), -1)
