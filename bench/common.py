@@ -33,7 +33,7 @@ def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[s
 
 def paired(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, tuple[float, float, float, float]]:
     """Per variant: (median seconds, median ratio, lowest ratio, highest ratio), the ratios taken
-    within each round against the first variant, which ran just before: a slow drift in the
+    within each round against the first variant's run of that round: a slow drift in the
     machine's load then cancels out of each ratio, and the range shows what is left of the noise."""
     for fn in variants.values():  # one unrecorded round: first-call costs (lazy imports, caches) go here
         fn()

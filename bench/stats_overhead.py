@@ -79,7 +79,7 @@ def main() -> None:
 
     uri, client = fresh_store()
     exp = client.create_experiment("bench")
-    print(f"{'case':56} {'variant':30} {'median s':>9} {'ratio':>7} {'range':>13}", flush=True)
+    print(f"{'case':56} {'variant':30} {'median s':>9} {'ratio':>7} {'range':>11}", flush=True)
     for case, spec in CASES.items():
         if args.cases not in case:
             continue

@@ -94,9 +94,17 @@ def test_a_bad_step_is_skipped_and_never_applied(monkeypatch, host_devices):
         return grad * (float("inf") if calls["n"] == 3 else 1.0)
 
     net.param("output.bias").register_hook(poison)
+    stepped, original = [], torch.optim.AdamW.step
+
+    def step(self, *a, **k):  # which path ran: the optimizer given the flag, or not called at all
+        stepped.append(getattr(self, "found_inf", None) is not None)
+        return original(self, *a, **k)
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
     cfg = {"optimizer": "adamw", "lr": 0.1, "epochs": 1, "progress": "quiet", "nonfinite": {"policy": "skip"}}
     result = fit(net, data(n=64, batch=8), cfg)
     assert result.skipped == 1 and all(torch.isfinite(p).all() for p in net.parameters())
+    assert stepped == ([False] * 7 if host_devices else [True] * 8)
+    monkeypatch.undo()
     # the same training without the bad batch gives the same weights: the bad step changed nothing
     reference = runner.build(model="d2l_mlp")
     ref_data = data(n=64, batch=8)
@@ -213,3 +221,14 @@ def test_the_learning_rate_is_logged_when_it_changes(schedule):
         rates = [logged[s] for s in sorted(logged)]
         assert rates[0] == pytest.approx(0.1) and all(a > b for a, b in zip(rates, rates[1:]))
     assert all("train/loss" in m for step, m in tracker.sink.metrics.items() if step % 5 == 0)
+
+
+def test_a_rate_that_returns_to_an_earlier_value_is_logged_again():
+    net = runner.build(model="d2l_mlp")
+    tracker = Tracker(StatsCollector(net, {"every_n_steps": 1, "histograms": {"enabled": False}}), Recorder())
+    tracker.start(torch.device("cpu"))
+    for step, lr in enumerate([0.1, 0.05, 0.1, 0.1], start=1):
+        tracker.before_step()
+        tracker.after_step(step, 0.5, [lr])
+    assert {s: m["train/lr"] for s, m in tracker.sink.metrics.items() if "train/lr" in m} == {1: 0.1, 2: 0.05, 3: 0.1}
+    assert all(m["train/lr"] == lr for m, lr in zip((h.metrics for h in tracker.history), [0.1, 0.05, 0.1, 0.1]))

@@ -56,9 +56,9 @@ def read_file(cfg) -> tuple[torch.Tensor, torch.Tensor, str, int]:
     with np.errstate(over="ignore"):  # a value beyond float32 becomes inf, refused just below
         xt = torch.as_tensor(np.asarray(x, dtype=np.float32))
         yt = torch.as_tensor(np.asarray(y, dtype=np.float32)) if cfg.task != "classification" else None
-    _refuse_non_finite(where, "inputs" if path.suffix != ".npz" else cfg.x_key, xt)
+    _refuse_non_finite(where, "inputs" if path.suffix != ".npz" else cfg.x_key, xt, x)
     if yt is not None:
-        _refuse_non_finite(where, "targets" if path.suffix != ".npz" else cfg.y_key, yt)
+        _refuse_non_finite(where, "targets" if path.suffix != ".npz" else cfg.y_key, yt, y)
         return xt, yt.reshape(len(yt), -1), "regression", 0
     labels = np.asarray(y).reshape(len(y), -1)
     if labels.shape[1] != 1:
@@ -78,11 +78,16 @@ def read_file(cfg) -> tuple[torch.Tensor, torch.Tensor, str, int]:
     return xt, torch.as_tensor(labels.astype(np.int64)), "classification", classes
 
 
-def _refuse_non_finite(where: str, name: str, values: torch.Tensor) -> None:
-    """Training on NaN/Inf fails steps later, far from the cause: name the first one here."""
+def _refuse_non_finite(where: str, name: str, values: torch.Tensor, source) -> None:
+    """Training on NaN/Inf fails steps later, far from the cause: name the first one here.
+    ``source``: the array as read, to tell a value too large for float32 from a NaN or Inf."""
+    import numpy as np
+
     bad = ~torch.isfinite(values)
     if bad.any():
-        at = torch.nonzero(bad)[0].tolist()
-        position = f"sample {at[0]}" + (f", position {at[1:]}" if len(at) > 2 else f", column {at[1]}" if len(at) == 2 else "")
-        raise DataFileError(f"{where}: {int(bad.sum())} NaN or infinite value(s) in {name} (or too large for "
-                            f"float32), the first at {position}; clean or drop those samples")
+        at = [int(i) for i in np.unravel_index(int(bad.reshape(-1).to(torch.uint8).argmax()), tuple(bad.shape))]
+        position = f"sample {at[0]}" + (f", column {at[1]}" if len(at) == 2 else f", position {at[1:]}" if len(at) > 2 else "")
+        first = np.asarray(source)[tuple(at)]
+        what = "too large for float32" if np.isfinite(first) else str(first.item())
+        raise DataFileError(f"{where}: {int(bad.sum())} NaN or infinite value(s) in {name}, the first at {position} "
+                            f"({what}); clean or drop those samples")

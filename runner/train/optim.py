@@ -8,8 +8,9 @@ from runner.errors import UserError
 
 
 def make_optimizer(params, cfg) -> torch.optim.Optimizer:
-    """The optimizer, fused when its tensors allow (fused steps skip a non-finite step on the
-    device; ``optimizer_args`` may set ``fused`` or ``foreach`` to choose otherwise)."""
+    """The optimizer, fused when its tensors allow (on an accelerator, fused steps skip a
+    non-finite step on the device; ``optimizer_args`` may set ``fused`` or ``foreach`` to choose
+    otherwise)."""
     cls = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[cfg.optimizer]
     params, args = list(params), dict(cfg.optimizer_args)
     if "fused" not in args and "foreach" not in args and not any(hasattr(p, "to_local") for p in params):
