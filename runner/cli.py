@@ -72,8 +72,10 @@ def catch_sigterm():
 
     if threading.current_thread() is not threading.main_thread():
         return None
+    Terminated.received = False
 
     def terminated(signum, frame):
+        Terminated.received = True
         raise Terminated()
 
     return signal.signal(signal.SIGTERM, terminated)
@@ -82,8 +84,11 @@ def catch_sigterm():
 def restore_sigterm(previous) -> None:
     import signal
 
+    from runner.errors import Terminated
+
     if previous is not None:
         signal.signal(signal.SIGTERM, previous)
+        Terminated.received = False
 
 
 def scrub_saved_configs() -> None:

@@ -24,7 +24,19 @@ class UserError(Exception):
 
 
 class Terminated(BaseException):
-    """Raised in the main thread when the process receives SIGTERM, so runs can end as KILLED."""
+    """Raised in the main thread when the process receives SIGTERM, so runs can end as KILLED.
+
+    Python drops an exception raised where it cannot propagate (a ``__del__`` run by the garbage
+    collector, an at-fork callback): the handler therefore also records the signal, and long
+    phases call :func:`raise_if_terminated` at safe points so such a SIGTERM is not lost."""
+
+    received = False  # set by the SIGTERM handler
+
+
+def raise_if_terminated() -> None:
+    """Raise ``Terminated`` if a SIGTERM arrived whose exception was swallowed."""
+    if Terminated.received:
+        raise Terminated()
 
 
 class ConfigError(UserError):

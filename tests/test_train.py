@@ -194,6 +194,69 @@ def test_a_run_killed_during_start_up_resumes_into_the_same_run(store, tmp_path,
     assert [m.step for m in store.history(run, "val/loss")] == [13, 26]
 
 
+class SigtermInside:
+    """Sends this process SIGTERM from inside a context whose exceptions Python drops."""
+
+    def __init__(self):
+        self.armed = False
+
+    def fire(self):
+        if self.armed:
+            import os
+
+            self.armed = False
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # bytecode, where the handler runs: inside this context
+                pass
+
+
+@pytest.fixture
+def sigterm_raises():
+    from runner.cli import catch_sigterm, restore_sigterm
+
+    previous = catch_sigterm()
+    yield
+    restore_sigterm(previous)
+
+
+def test_a_sigterm_during_the_writers_fork_is_not_lost(store, sigterm_raises):
+    import os
+
+    from runner.errors import Terminated
+
+    during = SigtermInside()
+    os.register_at_fork(after_in_parent=during.fire)  # where logging's own at-fork callbacks run
+    run_id = store.client.create_run(store.client.create_experiment("fork")).info.run_id
+    during.armed = True
+    with pytest.raises(Terminated):
+        MlflowSink(store.uri, run_id)
+    assert not during.armed
+
+
+def test_a_sigterm_swallowed_by_a_finalizer_stops_training_at_the_next_logging_step(sigterm_raises):
+    import gc
+
+    from runner.data import load_data
+    from runner.errors import Terminated
+    from runner.train.loop import fit
+
+    class Finalized:
+        def __del__(self):
+            inside.fire()
+
+    inside = SigtermInside()
+    inside.armed = True
+    victim = [Finalized()]
+    victim.append(victim)  # a cycle: freed by the garbage collector, whose __del__ errors are ignored
+    del victim
+    gc.collect()
+    assert not inside.armed
+    net = runner.build(model="d2l_mlp")
+    data = load_data({"kind": "uniform_regression", "samples": 256, "batch_size": 16, "val_fraction": 0.0}, 0)
+    with pytest.raises(Terminated):
+        fit(net, data, {"optimizer": "sgd", "lr": 0.1, "epochs": 1, "progress": "quiet"})
+
+
 def test_exception_inside_the_run_marks_it_failed(store, tmp_path):
     cfg = runner.prepare(runner.compose([f"tracking.uri={store.uri}", "tracking.system_metrics=false"])).config
     with pytest.raises(RuntimeError, match="boom"):

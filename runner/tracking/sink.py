@@ -373,10 +373,16 @@ class ForkedWriter:
     def __init__(self, uri: str, run_id: str, spool_file: str | None, drain_seconds: float):
         down_r, down_w = os.pipe()
         up_r, up_w = os.pipe()
+        # a SIGINT/SIGTERM handler run inside os.fork's at-fork callbacks would have its exception
+        # dropped (and the signal with it): hold the signals until the fork is done
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         self.pid = os.fork()
         if self.pid == 0:  # the child: deliver, then leave without the parent's exit handlers
             code = 1
             try:
+                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the writer outlives Ctrl-C and SIGTERM
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_SETMASK, held)
                 os.close(down_w)
                 os.close(up_r)
                 _after_fork_in_child()
@@ -390,6 +396,7 @@ class ForkedWriter:
         self.stdin = os.fdopen(down_w, "wb")
         self.stdout = os.fdopen(up_r, "rb")
         self.returncode: int | None = None
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal that came meanwhile is handled now
 
     def poll(self) -> int | None:
         if self.returncode is None:

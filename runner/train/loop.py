@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from runner.errors import raise_if_terminated
 from runner.train.nonfinite import NonFinitePolicy
 from runner.train.optim import make_loss, make_optimizer, make_schedule, pick_device
 from runner.train.progress import Progress
@@ -200,6 +201,7 @@ def fit(net: nn.Module, data, cfg: Any, tracker: Any = None, checkpointer: Any =
                 i = ledger.slot(step, epoch, group[0][0])
                 stepper.run([(x, y) for _, x, y in group], ledger, i, log_now, tracker if log_now else None, step)
                 if log_now:
+                    raise_if_terminated()
                     catch_up()
                 if checkpointer is not None and checkpointer.due(step) and pos.batch < data.batches_per_epoch:
                     catch_up()

@@ -141,11 +141,17 @@ class _Group(Strategy):
         """Tear down the process group this process joined. Gloo's worker threads left to
         interpreter finalization can abort the process, so this runs before returning; after a
         success every rank first waits for the others (a failed rank would not come)."""
+        import gc
+
         import torch.distributed as dist
 
         if self.owns_group and dist.is_initialized():
             if ok:
                 dist.barrier()
+            # the DDP wrapper sits in reference cycles, and its reducer holds the last all-reduces'
+            # work objects: freed only at interpreter teardown, they can abort the process too
+            self.__dict__.pop("ddp", None)
+            gc.collect()
             dist.destroy_process_group()
 
 
