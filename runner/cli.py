@@ -36,6 +36,8 @@ def _app(cfg: DictConfig):
             write_status(job, "FINISHED")
         return value
     except Exception as e:
+        if Terminated.received:  # the signal's exception became another one on its way up
+            terminated(job)
         if job is None and not isinstance(e, UserError) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         if job is not None:  # one failed job must not stop the sweep: report it, go on
@@ -54,12 +56,19 @@ def _app(cfg: DictConfig):
             write_status(job, "KILLED", error="interrupted")
         sys.exit(EXIT_INTERRUPTED)
     except Terminated:
-        print("terminated (SIGTERM)", file=sys.stderr)
-        if job:
-            write_status(job, "KILLED", error="terminated (SIGTERM)")
-        sys.exit(EXIT_TERMINATED)
+        terminated(job)
     finally:
         restore_sigterm(previous)
+
+
+def terminated(job) -> None:
+    """End the process as terminated by SIGTERM (exit status 143)."""
+    from runner.sweep import write_status
+
+    print("terminated (SIGTERM)", file=sys.stderr)
+    if job:
+        write_status(job, "KILLED", error="terminated (SIGTERM)")
+    sys.exit(EXIT_TERMINATED)
 
 
 def catch_sigterm():
@@ -74,11 +83,11 @@ def catch_sigterm():
         return None
     Terminated.received = False
 
-    def terminated(signum, frame):
+    def on_sigterm(signum, frame):
         Terminated.received = True
         raise Terminated()
 
-    return signal.signal(signal.SIGTERM, terminated)
+    return signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def restore_sigterm(previous) -> None:

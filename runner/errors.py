@@ -27,8 +27,9 @@ class Terminated(BaseException):
     """Raised in the main thread when the process receives SIGTERM, so runs can end as KILLED.
 
     Python drops an exception raised where it cannot propagate (a ``__del__`` run by the garbage
-    collector, an at-fork callback): the handler therefore also records the signal, and long
-    phases call :func:`raise_if_terminated` at safe points so such a SIGTERM is not lost."""
+    collector, an at-fork callback), and a library may turn it into an error of its own: the
+    handler therefore also records the signal, long phases call :func:`raise_if_terminated` at
+    safe points, and whatever error ends a task after a SIGTERM counts as the termination."""
 
     received = False  # set by the SIGTERM handler
 

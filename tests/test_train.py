@@ -257,6 +257,23 @@ def test_a_sigterm_swallowed_by_a_finalizer_stops_training_at_the_next_logging_s
         fit(net, data, {"optimizer": "sgd", "lr": 0.1, "epochs": 1, "progress": "quiet"})
 
 
+def test_an_error_a_library_made_of_a_sigterm_still_ends_the_run_killed(store, tmp_path, monkeypatch):
+    """A SIGTERM raised inside a library can come out as that library's own error (seen with
+    OmegaConf's ConfigKeyError during start-up): the run still ends KILLED, exit status 143."""
+    from runner.checkpoint import checkpointer
+    from runner.errors import Terminated
+
+    def cut_short(*args, **kwargs):
+        Terminated.received = True  # what the SIGTERM handler records before raising
+        raise KeyError("'NoneType' object has no attribute '_invalidate_flags_cache'")
+    monkeypatch.setattr(checkpointer, "Checkpointer", cut_short)
+    r = run_main(f"tracking.uri={store.uri}", f"hydra.run.dir={tmp_path / 'run'}", "train.progress=quiet",
+                 "tracking.system_metrics=false")
+    assert r.returncode == 143 and "terminated (SIGTERM)" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert store.only_run().info.status == "KILLED"
+    assert not Terminated.received  # reset for whatever this process runs next
+
+
 def test_exception_inside_the_run_marks_it_failed(store, tmp_path):
     cfg = runner.prepare(runner.compose([f"tracking.uri={store.uri}", "tracking.system_metrics=false"])).config
     with pytest.raises(RuntimeError, match="boom"):

@@ -230,7 +230,8 @@ class TrackedRun:
         store cannot take now is deferred to the spool for the replay command."""
         if exc_type is None:
             self.status = "FINISHED"
-        elif issubclass(exc_type, (KeyboardInterrupt, Terminated, SystemExit)):  # SystemExit: a requeue
+        elif issubclass(exc_type, (KeyboardInterrupt, Terminated, SystemExit)) or Terminated.received:
+            # SystemExit: a requeue; Terminated.received: the signal's exception became another one
             self.status = "KILLED"
             release_connections(self.uri)  # a registry call cut short must not keep a sqlite lock
             self._set_terminated(attempts=1)

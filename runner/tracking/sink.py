@@ -376,27 +376,29 @@ class ForkedWriter:
         # a SIGINT/SIGTERM handler run inside os.fork's at-fork callbacks would have its exception
         # dropped (and the signal with it): hold the signals until the fork is done
         held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-        self.pid = os.fork()
-        if self.pid == 0:  # the child: deliver, then leave without the parent's exit handlers
-            code = 1
-            try:
-                signal.signal(signal.SIGINT, signal.SIG_IGN)  # the writer outlives Ctrl-C and SIGTERM
-                signal.signal(signal.SIGTERM, signal.SIG_IGN)
-                signal.pthread_sigmask(signal.SIG_SETMASK, held)
-                os.close(down_w)
-                os.close(up_r)
-                _after_fork_in_child()
-                _writer_main(uri, run_id, spool_file, drain_seconds, os.fdopen(down_r, "rb"),
-                             os.fdopen(up_w, "w"))
-                code = 0
-            finally:
-                os._exit(code)
-        os.close(down_r)
-        os.close(up_w)
-        self.stdin = os.fdopen(down_w, "wb")
-        self.stdout = os.fdopen(up_r, "rb")
-        self.returncode: int | None = None
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)  # a signal that came meanwhile is handled now
+        try:
+            self.pid = os.fork()
+            if self.pid == 0:  # the child: deliver, then leave without the parent's exit handlers
+                code = 1
+                try:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the writer outlives Ctrl-C and SIGTERM
+                    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                    signal.pthread_sigmask(signal.SIG_SETMASK, held)
+                    os.close(down_w)
+                    os.close(up_r)
+                    _after_fork_in_child()
+                    _writer_main(uri, run_id, spool_file, drain_seconds, os.fdopen(down_r, "rb"),
+                                 os.fdopen(up_w, "w"))
+                    code = 0
+                finally:
+                    os._exit(code)
+            os.close(down_r)
+            os.close(up_w)
+            self.stdin = os.fdopen(down_w, "wb")
+            self.stdout = os.fdopen(up_r, "rb")
+            self.returncode: int | None = None
+        finally:  # a signal that came meanwhile is handled now, in the parent's own code
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def poll(self) -> int | None:
         if self.returncode is None:
