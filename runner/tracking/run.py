@@ -110,7 +110,7 @@ class TrackedRun:
         try:  # from here on the run exists: whatever happens, it ends with a true status
             self._start()
         except BaseException as e:
-            self._finish(type(e))
+            self._finish(type(e), e.__traceback__)
             raise
         return self
 
@@ -221,10 +221,10 @@ class TrackedRun:
             self._monitor = None
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self._finish(exc_type)
+        self._finish(exc_type, tb)
         return False
 
-    def _finish(self, exc_type) -> None:
+    def _finish(self, exc_type, tb=None) -> None:
         """End the run with its true status. A kill (Ctrl-C, SIGTERM) records KILLED first, before
         anything slow, so that a follow-up SIGKILL finds the status already written; whatever the
         store cannot take now is deferred to the spool for the replay command."""
@@ -233,7 +233,7 @@ class TrackedRun:
         elif issubclass(exc_type, (KeyboardInterrupt, Terminated, SystemExit)) or Terminated.received:
             # SystemExit: a requeue; Terminated.received: the signal's exception became another one
             self.status = "KILLED"
-            release_connections(self.uri)  # a registry call cut short must not keep a sqlite lock
+            release_connections(self.uri, tb)  # a store call cut short must not keep a sqlite lock
             self._set_terminated(attempts=1)
         else:
             self.status = "FAILED"
@@ -326,9 +326,17 @@ class TrackedRun:
             self.defer({"tags": tags})
 
 
-def release_connections(uri: str) -> None:
+def release_connections(uri: str, tb=None) -> None:
     """Close this process's connections to a sqlite store (a transaction cut short by a signal
-    would otherwise hold its lock while the writer waits on it)."""
+    would otherwise hold its lock while the writer, or the final status, waits on it). A
+    connection still checked out is held by the frames the signal's exception unwound (``tb``):
+    clearing their variables and collecting frees it, and its transaction rolls back."""
+    if tb is not None:
+        import gc
+        import traceback
+
+        traceback.clear_frames(tb)
+        gc.collect()
     try:
         from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
 
