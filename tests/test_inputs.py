@@ -179,6 +179,8 @@ CASES = [
     ("csv-empty", "runner", ["data=file", f"data.path={F}/empty.csv"], 2, "empty.csv cannot be read"),
     ("csv-words", "runner", ["data=file", f"data.path={F}/words.csv"], 2, "words.csv cannot be read"),
     ("csv-one-column", "runner", ["data=file", f"data.path={F}/one_column.csv"], 2, "one_column.csv has 1 column(s)"),
+    ("too-few-logits", "runner", ["data=digits", "model=d2l_mlp"], 2,
+     "model: outputs 1 value(s) per sample, but the data has 10 classes; set the last layer's out to 10 (or auto)"),
     ("csv-nan-input", "runner", ["data=file", f"data.path={F}/nan_input.csv"], 2,
      "nan_input.csv: 2 NaN or infinite value(s) in inputs, the first at sample 1, column 1 (nan)"),
     ("csv-huge-target", "runner", ["data=file", f"data.path={F}/huge_target.csv"], 2,

@@ -42,7 +42,8 @@ class Dataset:
     def context(self):
         from runner.model.layers import BuildContext
 
-        return BuildContext(out_features=self.out_features(), vocab=self.num_classes if self.task == "lm" else None)
+        return BuildContext(out_features=self.out_features(), vocab=self.num_classes if self.task == "lm" else None,
+                            task=self.task)
 
     def baselines(self) -> dict[str, float]:
         """Reference values a trained model should beat (e.g. ``val/unigram_loss``)."""

@@ -168,15 +168,30 @@ def build_model(cfg: Any, sample: torch.Tensor, ctx: BuildContext | None = None,
         torch.manual_seed(stream_seed(seed, "model construction"))
         if spec.target is not None:
             root = _user_module(spec.target, spec.args, path)
-            _run(root, sample, path)
+            out = _run(root, sample, path)
         else:
             children, out = _build_children(spec.layers, f"{path}.layers", "", sample, declared, ctx)
             root = nn.Sequential(children)
+    _check_logits(out, ctx, path)
     net = as_network(root, {}, cfg)
     net.infos = describe_modules(net, sample, declared, path)
     net.train()
     apply_ties(net, spec.ties, f"{path}.ties")
     return net
+
+
+def _check_logits(out: torch.Tensor, ctx: BuildContext, path: str) -> None:
+    """A classifier or language model needs a logit for every class or token: with fewer, the
+    loss fails at the first training step."""
+    if ctx.task not in ("classification", "lm") or ctx.out_features is None:
+        return
+    got = out.shape[-1] if out.dim() > 1 else 1
+    if got < ctx.out_features:
+        what = f"{ctx.out_features} classes" if ctx.task == "classification" else \
+            f"a vocabulary of {ctx.out_features} tokens"
+        per = "sample" if ctx.task == "classification" else "position"
+        raise ConfigError([Problem(path, f"outputs {got} value(s) per {per}, but the data has {what}; set the last "
+                                         f"layer's out to {ctx.out_features} (or auto)")])
 
 
 def _user_module(target: str, args: dict, path: str) -> nn.Module:

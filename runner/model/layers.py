@@ -62,6 +62,7 @@ class BuildContext:
 
     out_features: int | None = None   # classes, target width, or vocabulary for language models
     vocab: int | None = None           # token vocabulary, for embeddings
+    task: str | None = None            # classification | lm | regression: what the output must fit
 
 
 class Node(Schema):
