@@ -348,7 +348,7 @@ def test_collector_matches_torch_for_packed_and_large_tensors_constant_and_unuse
         {"type": "linear", "out": 30, "name": "big"},
         {"type": "linear", "out": 1, "name": "head"}]},
         init={"rules": [{"params": "head.weight", "init": "constant", "args": {"value": 0.5}}]},
-        data={"kind": "classification", "features": 30})
+        data={"kind": "uniform_regression", "features": 30})  # a 1-output head: regression
     c = StatsCollector(net, {"every_n_steps": 1, "histograms": {"enabled": True, "sample": 16}})
     sizes = {n: p.numel() for n, p in net.params().items()}
     assert sizes["big.weight"] > SMALL and sizes["wide.weight"] > SMALL and sizes["head.weight"] <= SMALL
