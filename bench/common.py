@@ -34,13 +34,16 @@ def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[s
 def paired(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, tuple[float, float, float, float]]:
     """Per variant: (median seconds, median ratio, lowest ratio, highest ratio), the ratios taken
     within each round against the first variant's run of that round: a slow drift in the
-    machine's load then cancels out of each ratio, and the range shows what is left of the noise."""
+    machine's load then cancels out of each ratio, and the range shows what is left of the noise.
+    Each round starts with a different variant, so that none always runs right after the same one
+    (a heavy run leaves caches cold and its writer process finishing for the next)."""
     for fn in variants.values():  # one unrecorded round: first-call costs (lazy imports, caches) go here
         fn()
+    names = list(variants)
     times: dict[str, list[float]] = {k: [] for k in variants}
-    for _ in range(rounds):
-        for name, fn in variants.items():
-            times[name].append(fn())
+    for r in range(rounds):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            times[name].append(variants[name]())
     base = times[next(iter(variants))]
     out = {}
     for name, ts in times.items():

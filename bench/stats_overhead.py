@@ -1,8 +1,10 @@
 """Statistics overhead: runner training (stats + MLflow tracking) vs a plain torch loop.
 
-Same model, data, steps and seed; the plain loop logs nothing. Runs are interleaved (plain,
-tracked, ..., plain, tracked, ...): each variant's median time is reported, and its ratio to the
-plain loop of the same round, as the median over rounds with the lowest and highest. Usage:
+Same model, data, steps and seed; the plain loop logs nothing. Runs are interleaved in rounds
+(each variant once a round, each round starting with the next variant): each variant's median time
+is reported, and its ratio to the plain loop of the same round, as the median over rounds with the
+lowest and highest. The tracked runs use the preset's tracking config (the default statistics).
+Usage:
 
     python bench/stats_overhead.py [--rounds 5]
 """

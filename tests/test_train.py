@@ -19,6 +19,9 @@ pytestmark = pytest.mark.slow
 
 WEIGHT = ["weight_mean", "weight_std", "weight_min", "weight_max", "weight_norm"]
 GRAD = ["grad_mean", "grad_std", "grad_maxabs", "grad_norm"]
+WEIGHT_NAMES = [w.split("_")[1] for w in WEIGHT]
+GRAD_NAMES = [g.split("_")[1] for g in GRAD]
+EVERY_STAT = ("tracking.stats.weights=[mean,std,min,max,norm]", "tracking.stats.grads=[mean,std,maxabs,norm]")
 
 
 def train(store, tmp_path, *args):
@@ -30,7 +33,7 @@ def train(store, tmp_path, *args):
 
 def test_short_run_logs_every_stat_for_every_parameter_at_the_expected_steps(store, tmp_path):
     r = train(store, tmp_path, "train.epochs=2", "tracking.every_n_steps=5", "tracking.activations=true",
-              "init=d2l_xavier_42")
+              "init=d2l_xavier_42", *EVERY_STAT)
     assert r.returncode == 0, r.stderr
     run = store.only_run()
     assert run.info.status == "FINISHED"
@@ -338,6 +341,10 @@ def test_collector_values_match_direct_computation():
     assert m["update_ratio/hidden.weight"] == pytest.approx(ratio.item(), rel=1e-5)
     assert m["train/grad_norm"] == pytest.approx(gnorm.item()) and m["train/loss"] == 0.25 and m["train/lr"] == 0.5
     assert len(m) == c.keys_per_step()
+    # the default families: what the health verdict reads, and the gradient's peak
+    families = {k.split("/")[0] for k in m if not k.startswith("train/")}
+    assert families == {"weight_std", "weight_norm", "grad_norm", "grad_maxabs", "update_ratio"}
+    assert sum(k.startswith("weight_std/") for k in m) == 3  # the 1-unit output bias has no spread
 
 
 def test_collector_matches_torch_for_packed_and_large_tensors_constant_and_unused_ones():
@@ -349,7 +356,8 @@ def test_collector_matches_torch_for_packed_and_large_tensors_constant_and_unuse
         {"type": "linear", "out": 1, "name": "head"}]},
         init={"rules": [{"params": "head.weight", "init": "constant", "args": {"value": 0.5}}]},
         data={"kind": "uniform_regression", "features": 30})  # a 1-output head: regression
-    c = StatsCollector(net, {"every_n_steps": 1, "histograms": {"enabled": True, "sample": 16}})
+    c = StatsCollector(net, {"every_n_steps": 1, "histograms": {"enabled": True, "sample": 16},
+                             "stats": {"weights": WEIGHT_NAMES, "grads": GRAD_NAMES}})
     sizes = {n: p.numel() for n, p in net.params().items()}
     assert sizes["big.weight"] > SMALL and sizes["wide.weight"] > SMALL and sizes["head.weight"] <= SMALL
     out = net(torch.randn(64, 30))
@@ -424,7 +432,9 @@ def test_heat_map_history_stays_bounded_and_spans_the_whole_run():
 
 def test_key_budget_is_enforced(store, tmp_path):
     r = train(store, tmp_path, "tracking.max_keys=10")
-    assert r.returncode == 2 and "tracking.max_keys: this model would log 39 metric keys" in r.stderr
+    # 4 tensors x (weight std, norm; grad norm, maxabs; update ratio), less the 1-value output
+    # bias's std, and train/loss, grad_norm, lr
+    assert r.returncode == 2 and f"tracking.max_keys: this model would log {4 * 5 - 1 + 3} metric keys" in r.stderr
 
 
 def test_train_config_errors_are_reported_together(store, tmp_path):

@@ -4,8 +4,8 @@ One entry per distinct tensor (a tie group is one entry, under its canonical nam
 are ``<statistic>/<name>`` so that the MLflow UI, which groups charts by the key up to its last
 ``/``, shows one section per statistic with one chart per parameter:
 
-- ``weight_mean|weight_std|weight_min|weight_max|weight_norm/<param>``
-- ``grad_mean|grad_std|grad_maxabs|grad_norm/<param>``
+- ``weight_mean|weight_std|weight_min|weight_max|weight_norm/<param>`` (by default std and norm)
+- ``grad_mean|grad_std|grad_maxabs|grad_norm/<param>`` (by default norm and maxabs)
 - ``update_ratio/<param>``: ||w_after - w_before|| / ||w_after|| for the logged step
 - ``act_mean|act_std|act_dead/<layer>`` with ``tracking.activations: true`` (``act_dead``: the
   fraction of outputs <= 0 of ReLU layers)
