@@ -6,7 +6,7 @@ is reported, and its ratio to the plain loop of the same round, as the median ov
 lowest and highest. The tracked runs use the preset's tracking config (the default statistics).
 Usage:
 
-    python bench/stats_overhead.py [--rounds 5]
+    python bench/stats_overhead.py [--rounds 7] [--cases char_gpt]
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def plain_loop(net, data, cfg) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--cases", default="", help="run only cases whose name contains this")
     args = ap.parse_args()

@@ -181,6 +181,13 @@ CASES = [
     ("csv-one-column", "runner", ["data=file", f"data.path={F}/one_column.csv"], 2, "one_column.csv has 1 column(s)"),
     ("too-few-logits", "runner", ["data=digits", "model=d2l_mlp"], 2,
      "model: outputs 1 value(s) per sample, but the data has 10 classes; set the last layer's out to 10 (or auto)"),
+    ("regression-too-wide", "runner", ["model=tied_autoencoder"], 2,
+     "model: outputs 4 value(s) per sample, but the data's targets have 1; set the last layer's out to 1 (or auto), "
+     "or train it to reproduce its input: +data.autoencode=true"),
+    ("regression-too-narrow", "runner", ["+data.autoencode=true"], 2,
+     "model: outputs 1 value(s) per sample, but the data's targets have 4; set the last layer's out to 4 (or auto)"),
+    ("regression-shape", "runner", ["model.layers=[{type: reshape, shape: [2, 2]}]"], 2,
+     "model: outputs shape [2, 2] per sample, but the data's targets are 1 value(s) per sample"),
     ("csv-nan-input", "runner", ["data=file", f"data.path={F}/nan_input.csv"], 2,
      "nan_input.csv: 2 NaN or infinite value(s) in inputs, the first at sample 1, column 1 (nan)"),
     ("csv-huge-target", "runner", ["data=file", f"data.path={F}/huge_target.csv"], 2,

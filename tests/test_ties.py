@@ -196,3 +196,5 @@ def test_inspect_lists_tie_groups(run_dir):
     r = run_main("task=inspect", "model=tied_autoencoder", run_dir)
     assert r.returncode == 0, r.stderr
     assert "Tie groups" in r.stdout and "decoder.weight" in r.stdout and "Total params: 14" in r.stdout
+    # on the chapter's 1-target data it could not be trained: inspect says so, training refuses (tests/test_inputs.py)
+    assert "note: model: outputs 4 value(s) per sample, but the data's targets have 1" in r.stdout

@@ -172,26 +172,47 @@ def build_model(cfg: Any, sample: torch.Tensor, ctx: BuildContext | None = None,
         else:
             children, out = _build_children(spec.layers, f"{path}.layers", "", sample, declared, ctx)
             root = nn.Sequential(children)
-    _check_logits(out, ctx, path)
     net = as_network(root, {}, cfg)
+    net.output_problem = output_problem(out, sample, ctx)  # refused by training, noted by inspect
     net.infos = describe_modules(net, sample, declared, path)
     net.train()
     apply_ties(net, spec.ties, f"{path}.ties")
     return net
 
 
-def _check_logits(out: torch.Tensor, ctx: BuildContext, path: str) -> None:
-    """A classifier or language model needs a logit for every class or token: with fewer, the
-    loss fails at the first training step."""
-    if ctx.task not in ("classification", "lm") or ctx.out_features is None:
-        return
-    got = out.shape[-1] if out.dim() > 1 else 1
-    if got < ctx.out_features:
-        what = f"{ctx.out_features} classes" if ctx.task == "classification" else \
-            f"a vocabulary of {ctx.out_features} tokens"
+def output_problem(out: Any, sample: torch.Tensor, ctx: BuildContext) -> str | None:
+    """Why the model's output cannot be trained on this data, or None: a classifier or language
+    model needs a logit for every class or token (with fewer, the loss fails at the first step); a
+    regression model exactly the targets' width (otherwise MSE broadcasts one against the other
+    and trains on a silently wrong loss)."""
+    if ctx.out_features is None or not isinstance(out, torch.Tensor):
+        return None
+    want = ctx.out_features
+    if ctx.task in ("classification", "lm"):
+        got = out.shape[-1] if out.dim() > 1 else 1
+        if got >= want:
+            return None
+        what = f"{want} classes" if ctx.task == "classification" else f"a vocabulary of {want} tokens"
         per = "sample" if ctx.task == "classification" else "position"
-        raise ConfigError([Problem(path, f"outputs {got} value(s) per {per}, but the data has {what}; set the last "
-                                         f"layer's out to {ctx.out_features} (or auto)")])
+        return f"outputs {got} value(s) per {per}, but the data has {what}; set the last layer's out to {want} (or auto)"
+    if ctx.task != "regression" or (out.dim() == 2 and out.shape[1] == want):
+        return None
+    if out.dim() == 2:
+        text = f"outputs {out.shape[1]} value(s) per sample, but the data's targets have {want}; set the last " \
+               f"layer's out to {want} (or auto)"
+        if out.shape[1] == sample[0].numel():
+            text += ", or train it to reproduce its input: +data.autoencode=true"
+        return text
+    return f"outputs shape {list(out.shape[1:])} per sample, but the data's targets are {want} value(s) per sample " \
+           f"(the loss would broadcast one against the other); end the model in {want} value(s) per sample, e.g. " \
+           f"a flatten and a linear layer with out: auto"
+
+
+def check_trainable(net: Network, path: str = "model") -> None:
+    """Refuse to train a model whose output does not fit the data (``output_problem``)."""
+    problem = getattr(net, "output_problem", None)
+    if problem:
+        raise ConfigError([Problem(path, problem)])
 
 
 def _user_module(target: str, args: dict, path: str) -> nn.Module:

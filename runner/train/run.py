@@ -26,9 +26,11 @@ def hydra_tags() -> dict[str, str]:
 
 def train_task(prepared, job: dict | None = None) -> float | None:
     """Train, track and checkpoint; ``job`` is the multirun job context (``runner.sweep``)."""
+    from runner.model.build import check_trainable
     from runner.train.optim import pick_device
     from runner.train.strategy import from_config
 
+    check_trainable(prepared.net)
     strategy = from_config(prepared.config.train, pick_device(prepared.config.train.device))
     ok = False
     try:
