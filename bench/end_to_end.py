@@ -4,8 +4,8 @@
 mean/std/norm every 10 steps with ``mlflow.log_metrics`` and writes a checkpoint per epoch. The
 runner does that and more (its default statistics and update ratios, heat maps, reports,
 checksummed checkpoints, the registry). Each round runs both as fresh processes against a copy
-of one migrated sqlite store, interleaved; the figures are medians of CPU time (the process and its children: the runner's
-writer included) and of wall time.
+of one migrated sqlite store, interleaved; the figures are medians of CPU time (the process and
+its children: the runner's writer included) and of wall time.
 
     python bench/end_to_end.py [--rounds 5]
 """
