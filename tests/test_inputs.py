@@ -186,6 +186,8 @@ CASES = [
      "or train it to reproduce its input: +data.autoencode=true"),
     ("regression-too-narrow", "runner", ["+data.autoencode=true"], 2,
      "model: outputs 1 value(s) per sample, but the data's targets have 4; set the last layer's out to 4 (or auto)"),
+    ("logits-shape", "runner", ["data=classification", "model.layers=[{type: linear, out: 6}, {type: reshape, shape: [2, 3]}]"], 2,
+     "model: outputs shape [2, 3] per sample, but a classifier needs (N, 3) logits"),
     ("regression-shape", "runner", ["model.layers=[{type: reshape, shape: [2, 2]}]"], 2,
      "model: outputs shape [2, 2] per sample, but the data's targets are 1 value(s) per sample"),
     ("csv-nan-input", "runner", ["data=file", f"data.path={F}/nan_input.csv"], 2,

@@ -47,6 +47,19 @@ def test_every_shipped_dataset_builds_a_model(model, data, tmp_path):
     build_checked(model, data, [*overrides, "model.layers.2.out=auto"])  # the head fits whatever the data is
 
 
+def test_a_model_that_does_not_fit_the_data_is_built_but_not_trained():
+    from runner.train.loop import fit
+
+    prepared = runner.prepare(runner.compose(model="d2l_mlp", data="digits"))
+    assert prepared.net.output_problem == ("outputs 1 value(s) per sample, but the data has 10 classes; set the last "
+                                           "layer's out to 10 (or auto)")
+    before = {n: p.clone() for n, p in prepared.net.params().items()}
+    with pytest.raises(ConfigError, match=r"model: outputs 1 value\(s\) per sample, but the data has 10 classes"):
+        fit(prepared.net, prepared.data, prepared.config.train)
+    assert all(torch.equal(p, before[n]) for n, p in prepared.net.params().items())  # refused before any step
+    assert runner.build(model="d2l_mlp").output_problem is None
+
+
 def test_reusing_a_layer_needs_matching_sizes():
     # the chapter's shared Dense(4) works on 4 features only; other inputs get a clear error
     with pytest.raises(ConfigError, match=r"model.layers\[2\]: does not fit an input of shape \[64, 4\]"):

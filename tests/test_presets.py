@@ -143,3 +143,6 @@ def test_a_wheel_installed_in_a_fresh_environment_runs_with_its_configs_and_your
                        timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "body.weight" in r.stdout and "Total params: 15" in r.stdout
+    # 3 outputs on the chapter's 1-target data: shown, with what training would refuse
+    assert ("note: model: outputs 3 value(s) per sample, but the data's targets have 1; make the module's output "
+            "1 value(s) per sample") in r.stdout

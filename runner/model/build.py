@@ -173,39 +173,50 @@ def build_model(cfg: Any, sample: torch.Tensor, ctx: BuildContext | None = None,
             children, out = _build_children(spec.layers, f"{path}.layers", "", sample, declared, ctx)
             root = nn.Sequential(children)
     net = as_network(root, {}, cfg)
-    net.output_problem = output_problem(out, sample, ctx)  # refused by training, noted by inspect
+    # refused by training (runner.train.loop.fit), noted by task=inspect
+    net.output_problem = output_problem(out, sample, ctx, whole_module=spec.target is not None)
     net.infos = describe_modules(net, sample, declared, path)
     net.train()
     apply_ties(net, spec.ties, f"{path}.ties")
     return net
 
 
-def output_problem(out: Any, sample: torch.Tensor, ctx: BuildContext) -> str | None:
-    """Why the model's output cannot be trained on this data, or None: a classifier or language
-    model needs a logit for every class or token (with fewer, the loss fails at the first step); a
-    regression model exactly the targets' width (otherwise MSE broadcasts one against the other
-    and trains on a silently wrong loss)."""
+def output_problem(out: Any, sample: torch.Tensor, ctx: BuildContext, whole_module: bool = False) -> str | None:
+    """Why the model's output cannot be trained on this data, or None. A classifier needs (N,
+    classes) logits and a language model (N, positions, vocabulary): with another shape or fewer
+    logits the loss fails at the first step. A regression model needs exactly (N, target width):
+    otherwise MSE broadcasts one against the other and trains on a silently wrong loss.
+    ``whole_module``: the model is one user module (no last layer to point at)."""
     if ctx.out_features is None or not isinstance(out, torch.Tensor):
         return None
     want = ctx.out_features
+    fix = f"make the module's output {want} value(s) per {{per}}" if whole_module else \
+        f"set the last layer's out to {want} (or auto)"
+    per_sample = "one value per sample with no feature axis" if out.dim() == 1 else \
+        f"shape {list(out.shape[1:])} per sample"
     if ctx.task in ("classification", "lm"):
-        got = out.shape[-1] if out.dim() > 1 else 1
-        if got >= want:
-            return None
-        what = f"{want} classes" if ctx.task == "classification" else f"a vocabulary of {want} tokens"
         per = "sample" if ctx.task == "classification" else "position"
-        return f"outputs {got} value(s) per {per}, but the data has {what}; set the last layer's out to {want} (or auto)"
+        what = f"{want} classes" if ctx.task == "classification" else f"a vocabulary of {want} tokens"
+        # one row of logits per sample (classes), or per position (tokens: (N, T, V) or flattened)
+        rows = sample.shape[0] if ctx.task == "classification" else sample.numel()
+        if out.dim() < 2 or out.shape[:-1].numel() != rows or (ctx.task == "classification" and out.dim() != 2):
+            need = f"a classifier needs (N, {want})" if ctx.task == "classification" else \
+                f"a language model needs (N, positions, {want})"
+            return f"outputs {per_sample}, but {need} logits"
+        if out.shape[-1] < want:
+            return f"outputs {out.shape[-1]} value(s) per {per}, but the data has {what}; {fix.format(per=per)}"
+        return None
     if ctx.task != "regression" or (out.dim() == 2 and out.shape[1] == want):
         return None
     if out.dim() == 2:
-        text = f"outputs {out.shape[1]} value(s) per sample, but the data's targets have {want}; set the last " \
-               f"layer's out to {want} (or auto)"
+        text = f"outputs {out.shape[1]} value(s) per sample, but the data's targets have {want}; " \
+               f"{fix.format(per='sample')}"
         if out.shape[1] == sample[0].numel():
             text += ", or train it to reproduce its input: +data.autoencode=true"
         return text
-    return f"outputs shape {list(out.shape[1:])} per sample, but the data's targets are {want} value(s) per sample " \
-           f"(the loss would broadcast one against the other); end the model in {want} value(s) per sample, e.g. " \
-           f"a flatten and a linear layer with out: auto"
+    return f"outputs {per_sample}, but the data's targets are {want} value(s) per sample (the loss would " \
+           f"broadcast one against the other); end the model in {want} value(s) per sample, e.g. a flatten and " \
+           f"a linear layer with out: auto"
 
 
 def check_trainable(net: Network, path: str = "model") -> None:

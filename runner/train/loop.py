@@ -109,9 +109,11 @@ def fit(net: nn.Module, data, cfg: Any, tracker: Any = None, checkpointer: Any =
     ``every``: the logging cadence (the tracker's, by default), the same on every rank: steps 1
     and every ``every`` are read back.
     """
+    from runner.model.build import check_trainable
     from runner.train.config import TrainConfig
     from runner.train.strategy import Strategy
 
+    check_trainable(net)  # an output that does not fit the data's loss
     cfg = TrainConfig.of(cfg, "train")
     device = pick_device(cfg.device)
     strategy = strategy or Strategy(device)
