@@ -137,9 +137,8 @@ def run_task(cfg: DictConfig, job: dict | None = None):
 
         tables.print_inspection(prepared.net, prepared.init_report, prepared.config.inspect.show)
         tables.write_reports(prepared, tables.run_directory())
-        problem = getattr(prepared.net, "output_problem", None)
-        if problem:
-            print(f"note: model: {problem} (training would refuse it)")
+        if prepared.net.output_problem:
+            print(f"note: model: {prepared.net.output_problem} (training would refuse it)")
         return None
     from runner.train.run import train_task
 

@@ -190,8 +190,11 @@ def output_problem(out: Any, sample: torch.Tensor, ctx: BuildContext, whole_modu
     if ctx.out_features is None or not isinstance(out, torch.Tensor):
         return None
     want = ctx.out_features
-    fix = f"make the module's output {want} value(s) per {{per}}" if whole_module else \
-        f"set the last layer's out to {want} (or auto)"
+
+    def fix(per: str) -> str:
+        return f"make the module's output {want} value(s) per {per}" if whole_module else \
+            f"set the last layer's out to {want} (or auto)"
+
     per_sample = "one value per sample with no feature axis" if out.dim() == 1 else \
         f"shape {list(out.shape[1:])} per sample"
     if ctx.task in ("classification", "lm"):
@@ -204,13 +207,13 @@ def output_problem(out: Any, sample: torch.Tensor, ctx: BuildContext, whole_modu
                 f"a language model needs (N, positions, {want})"
             return f"outputs {per_sample}, but {need} logits"
         if out.shape[-1] < want:
-            return f"outputs {out.shape[-1]} value(s) per {per}, but the data has {what}; {fix.format(per=per)}"
+            return f"outputs {out.shape[-1]} value(s) per {per}, but the data has {what}; {fix(per)}"
         return None
     if ctx.task != "regression" or (out.dim() == 2 and out.shape[1] == want):
         return None
     if out.dim() == 2:
         text = f"outputs {out.shape[1]} value(s) per sample, but the data's targets have {want}; " \
-               f"{fix.format(per='sample')}"
+               f"{fix('sample')}"
         if out.shape[1] == sample[0].numel():
             text += ", or train it to reproduce its input: +data.autoencode=true"
         return text
@@ -219,8 +222,9 @@ def output_problem(out: Any, sample: torch.Tensor, ctx: BuildContext, whole_modu
            f"a linear layer with out: auto"
 
 
-def check_trainable(net: Network, path: str = "model") -> None:
-    """Refuse to train a model whose output does not fit the data (``output_problem``)."""
+def check_trainable(net: nn.Module, path: str = "model") -> None:
+    """Refuse to train a model whose output does not fit the data (``output_problem``; a module
+    the runner did not build has none)."""
     problem = getattr(net, "output_problem", None)
     if problem:
         raise ConfigError([Problem(path, problem)])

@@ -45,6 +45,7 @@ class Network(nn.Module):
     infos: dict[str, ModuleInfo]
     config: dict
     transposed_aliases: dict[str, str]
+    output_problem: str | None = None  # why its output does not fit the data's loss (training refuses it)
 
     # Parameters -------------------------------------------------------------------------------
     def _named(self):

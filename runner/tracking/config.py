@@ -22,10 +22,10 @@ DEFAULT_GRAD_STATS = ("norm", "maxabs")
 class Stats(Schema):
     """Which per-tensor statistics each logging step writes."""
 
-    weights: list[Annotated[Literal["mean", "std", "min", "max", "norm"], Noun("statistic")]] = Field(
+    weights: list[Annotated[Literal[WEIGHT_STATS], Noun("statistic")]] = Field(
         default_factory=lambda: list(DEFAULT_WEIGHT_STATS), description="of each parameter's values (any of "
         + ", ".join(WEIGHT_STATS) + ")")
-    grads: list[Annotated[Literal["mean", "std", "maxabs", "norm"], Noun("statistic")]] = Field(
+    grads: list[Annotated[Literal[GRAD_STATS], Noun("statistic")]] = Field(
         default_factory=lambda: list(DEFAULT_GRAD_STATS), description="of each parameter's gradient (any of "
         + ", ".join(GRAD_STATS) + ")")
     update_ratio: bool = Field(True, description="||w_after - w_before|| / ||w_after|| of the logged step")

@@ -30,7 +30,7 @@ def train_task(prepared, job: dict | None = None) -> float | None:
     from runner.train.optim import pick_device
     from runner.train.strategy import from_config
 
-    check_trainable(prepared.net)
+    check_trainable(prepared.net)  # fit() checks too; here it is refused before any process group or MLflow run
     strategy = from_config(prepared.config.train, pick_device(prepared.config.train.device))
     ok = False
     try:
