@@ -6,6 +6,7 @@ import time
 import pytest
 
 from conftest import REPO, history, metrics, run_cli
+from runner.tracking.sink import FLUSH_SECONDS
 
 pytestmark = pytest.mark.slow
 
@@ -51,8 +52,8 @@ def test_a_server_outage_mid_run_loses_no_metric(tracking_server, tmp_path):
     proc = start_logging_run(tracking_server, "outage", f"tracking.uri={tracking_server.uri}", *COMMON,
                              "train.epochs=40", "tracking.every_n_steps=5", f"hydra.run.dir={tmp_path / 'run'}")
     c = client(tracking_server)
-    tracking_server.stop()   # the server goes away for a few seconds while training goes on
-    time.sleep(4)
+    tracking_server.stop()   # the server goes away for longer than the writer holds a batch
+    time.sleep(FLUSH_SECONDS + 1)
     tracking_server.start()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err[-3000:]
