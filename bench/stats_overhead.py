@@ -6,7 +6,7 @@ is reported, and its ratio to the plain loop of the same round, as the median ov
 lowest and highest. The tracked runs use the preset's tracking config (the default statistics).
 Usage:
 
-    python bench/stats_overhead.py [--rounds 7] [--cases char_gpt]
+    python bench/stats_overhead.py [--rounds 7] [--cases char_gpt] [--every 10,1]
 """
 from __future__ import annotations
 
@@ -71,6 +71,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--cases", default="", help="run only cases whose name contains this")
+    ap.add_argument("--every", default="10,1", help="tracked variants: logging intervals, comma-separated")
     args = ap.parse_args()
     torch.set_num_threads(args.threads or torch.get_num_threads())
     import runner
@@ -114,8 +115,9 @@ def main() -> None:
                 return t
             return run
 
-        variants = {"plain torch loop": plain, "runner, stats every 10 steps": tracked(10),
-                    "runner, stats every step": tracked(1)}
+        variants = {"plain torch loop": plain}
+        for every in map(int, args.every.split(",")):
+            variants[f"runner, stats every {every} steps" if every > 1 else "runner, stats every step"] = tracked(every)
         for name, (secs, ratio, low, high) in paired(variants, args.rounds).items():
             print(f"{case:56} {name:30} {secs:9.3f} {ratio:6.2f}x {low:5.2f}-{high:4.2f}x", flush=True)
         print(f"{'':56} ({steps} steps a run, {args.rounds} rounds)")

@@ -22,12 +22,12 @@ def compose(overrides: Sequence[str] = (), **groups: Any):
     from hydra import initialize_config_module
     from omegaconf import OmegaConf, open_dict
 
-    from runner.config import register_defaults
+    from runner.config import register_defaults, settable
 
     register_defaults()
     picks = [f"{g}={v}" for g, v in groups.items() if isinstance(v, str)]
     with initialize_config_module(config_module=CONF_MODULE, version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=[*picks, *overrides])
+        cfg = hydra_compose(config_name="config", overrides=settable([*picks, *overrides]))
     with open_dict(cfg):
         for g, v in groups.items():
             if isinstance(v, dict):

@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from runner.config import register_defaults
+from runner.config import register_defaults, settable
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -146,6 +146,7 @@ def run_task(cfg: DictConfig, job: dict | None = None):
 
 
 SUBCOMMANDS = ("layers", "report")
+AS_GIVEN: dict[str, str] = {}  # overrides written as add-or-override (runner.config.settable) -> as typed
 
 
 def hydra_problem(ex: BaseException) -> str | None:
@@ -163,6 +164,7 @@ def hydra_problem(ex: BaseException) -> str | None:
         return f"{group}: no preset named {name!r}{did_you_mean(name, options)}{listing}"
     if isinstance(ex, OverrideParseException):
         override = getattr(ex, "override", "") or ""
+        override = AS_GIVEN.get(override, override)
         return (f"cannot parse the override {override!r}: {first_line(Exception(getattr(ex, 'message', text)))} "
                 "(the grammar: https://hydra.cc/docs/advanced/override_grammar/basic; quote values with spaces)")
     if isinstance(ex, ConfigCompositionException):
@@ -170,9 +172,9 @@ def hydra_problem(ex: BaseException) -> str | None:
             key = text[len("Could not override '"):].split("'")[0]
             parent, _, leaf = key.rpartition(".")
             known = known_keys(parent)
-            return (f"{key}: unknown key{did_you_mean(leaf, known)}"
-                    + (f"; known here: {', '.join(sorted(known))}" if known else "")
-                    + f"; to add a key that is not in the config, write +{key}=...")
+            if known:  # a schema's section: a key it does not define would be refused anyway
+                return f"{key}: unknown key{did_you_mean(leaf, known)}; known here: {', '.join(sorted(known))}"
+            return f"{key}: unknown key; to add a key that is not in the config, write +{key}=..."
         cause = ex.__cause__
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         where = getattr(cause, "full_key", None)
@@ -183,10 +185,12 @@ def hydra_problem(ex: BaseException) -> str | None:
 
 def known_keys(path: str) -> list[str]:
     """The keys a config path may hold, from the schemas (for did-you-mean); [] when unknown."""
-    from runner.config import TopConfig, schemas
+    from runner.config import TopConfig, preset_fields, schemas
     from runner.schema import _schema_in, field_names
 
     parts = path.split(".") if path else []
+    if len(parts) == 1 and preset_fields(parts[0]):
+        return preset_fields(parts[0])
     top = {name: _schema_in(info.annotation) for name, info in TopConfig.model_fields.items()}
     if not parts:
         return [*top, "model", "init", "data", *schemas()]  # model, init, data: groups with YAML presets only
@@ -245,6 +249,9 @@ def main() -> None:
 
         sys.exit(report_main(sys.argv[2:]))
     report_hydra_errors()
+    given = sys.argv[1:]
+    sys.argv[1:] = settable(given)
+    AS_GIVEN.update((new, old) for new, old in zip(sys.argv[1:], given) if new != old)
     _app()
 
 

@@ -9,8 +9,9 @@ defaults in YAML.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Optional
+from typing import Annotated, Any, Literal, Optional, Sequence
 
 from pydantic import Field
 
@@ -57,6 +58,44 @@ def register_defaults() -> None:
     from runner.docs import help_node
 
     cs.store(group="hydra/help", name="runner", node=help_node(), provider="runner")
+
+
+def preset_fields(group: str) -> list[str]:
+    """The keys a preset of ``group`` may hold, for the groups whose presets are YAML files and may
+    leave keys out (``data.seed``, ``init.warm_start``...); [] for the others."""
+    from runner.schema import field_names
+
+    if group == "data":
+        from runner.data import KINDS
+
+        return sorted({key for cls in KINDS.values() for key in field_names(cls)})
+    if group == "init":
+        from runner.init.rules import InitConfig
+
+        return field_names(InitConfig)
+    return []
+
+
+_SETTING = re.compile(r"(?P<group>data|init)\.(?P<key>[A-Za-z_][\w-]*)[^=]*=")
+
+
+def settable(overrides: Sequence[str]) -> list[str]:
+    """``overrides`` with every plain ``data.KEY=...`` / ``init.KEY=...`` whose key the group's
+    schema defines written as Hydra's add-or-override (``++data.seed=3``): a YAML preset need not
+    list every key its schema has, and one it leaves out is set like one it lists. Any other
+    override is left to Hydra as written (an unknown key is still an error)."""
+    fields: dict[str, list[str]] = {}
+    out = []
+    for item in overrides:
+        m = _SETTING.match(item)
+        if m:
+            group = m["group"]
+            if group not in fields:
+                fields[group] = preset_fields(group)  # imports the group's module: only when asked
+            if m["key"] in fields[group]:
+                item = "++" + item
+        out.append(item)
+    return out
 
 
 @dataclass

@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import REPO, run_cli, run_main
 
@@ -52,10 +53,25 @@ def test_run_directory_is_created_with_hydra_configs(tmp_path):
 
 
 def test_multirun_inspect_sweeps(tmp_path):
-    r = run_cli("-m", "task=inspect", "model=d2l_mlp,d2l_nested", f"hydra.sweep.dir={tmp_path / 's'}")
+    # data.seed is in the data schema but in no data preset: set without a '+', in every job
+    r = run_cli("-m", "task=inspect", "model=d2l_mlp,d2l_nested", "data.seed=7", f"hydra.sweep.dir={tmp_path / 's'}")
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("Total params:") == 2
     assert "Total params: 25" in r.stdout and "Total params: 85" in r.stdout
+    for job in ("0", "1"):
+        assert "seed: 7" in (tmp_path / "s" / job / ".hydra" / "config.yaml").read_text().split("data:")[1]
+
+
+def test_schema_keys_a_preset_leaves_out_are_set_like_listed_ones():
+    import runner
+
+    prepared = runner.prepare(runner.compose(["data.autoencode=true", "init.allow_unmatched=true",
+                                              "init.warm_start=null"], model="tied_autoencoder"))
+    data = prepared.data
+    assert prepared.config.data.autoencode is True and prepared.config.init.allow_unmatched is True
+    assert torch.equal(data.y_val, data.x_val.flatten(1))  # the input is its own target
+    with pytest.raises(Exception, match="Could not override 'data.autoencod'"):
+        runner.compose(["data.autoencod=true"])  # a key no data kind has stays an error
 
 
 @pytest.mark.parametrize("args, expected", [

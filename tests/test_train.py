@@ -95,7 +95,7 @@ def test_tied_model_logs_one_entry_per_group(store, tmp_path):
 
 
 def test_nan_in_data_hits_the_nonfinite_policy_and_fails_the_run(store, tmp_path):
-    r = train(store, tmp_path, "+data.nan_at=0", "data.shuffle=false", "train.nonfinite.policy=abort")
+    r = train(store, tmp_path, "data.nan_at=0", "data.shuffle=false", "train.nonfinite.policy=abort")
     assert r.returncode == 1  # the run ran and failed (2 is for input refused before anything ran)
     import re
 

@@ -215,7 +215,7 @@ def output_problem(out: Any, sample: torch.Tensor, ctx: BuildContext, whole_modu
         text = f"outputs {out.shape[1]} value(s) per sample, but the data's targets have {want}; " \
                f"{fix('sample')}"
         if out.shape[1] == sample[0].numel():
-            text += ", or train it to reproduce its input: +data.autoencode=true"
+            text += ", or train it to reproduce its input: data.autoencode=true"
         return text
     return f"outputs {per_sample}, but the data's targets are {want} value(s) per sample (the loss would " \
            f"broadcast one against the other); end the model in {want} value(s) per sample, e.g. a flatten and " \

@@ -240,7 +240,10 @@ QUIET_PREFIXES = ("tracking.", "hydra.", "checkpoint.", "train.progress", "train
 
 def telling_overrides(overrides: str) -> str:
     """The command line's overrides that can change the weights (not where things are logged)."""
-    kept = [o for o in overrides.split() if not o.startswith(QUIET_PREFIXES)]
+    # "++key=value" (add or override, how runner.config.settable passes schema keys a preset leaves
+    # out) reads as the "key=value" that was typed
+    kept = [o.removeprefix("++") for o in overrides.split()]
+    kept = [o for o in kept if not o.startswith(QUIET_PREFIXES)]
     return " ".join(kept) or "(defaults)"
 
 
