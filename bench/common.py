@@ -1,8 +1,10 @@
 """Helpers shared by the benchmarks: a fresh migrated MLflow store and interleaved timing."""
 from __future__ import annotations
 
+import atexit
 import gc
 import os
+import shutil
 
 os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
@@ -14,9 +16,12 @@ from typing import Callable
 
 
 def fresh_store() -> tuple[str, object]:
+    """A migrated sqlite store in a temporary folder, removed when the benchmark exits."""
     from mlflow import MlflowClient
 
-    path = Path(tempfile.mkdtemp(prefix="runner-bench-")) / "mlflow.db"
+    folder = tempfile.mkdtemp(prefix="runner-bench-")
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    path = Path(folder) / "mlflow.db"
     uri = f"sqlite:///{path}"
     client = MlflowClient(uri)
     client.search_experiments()  # migrate now, not inside a timed section
