@@ -157,6 +157,8 @@ def hydra_problem(ex: BaseException) -> str | None:
     from runner.errors import did_you_mean, first_line
 
     text = str(ex)
+    for sent, typed in AS_GIVEN.items():
+        text = text.replace(sent, typed)
     if isinstance(ex, MissingConfigException) and ex.missing_cfg_file and "/" in ex.missing_cfg_file:
         group, _, name = ex.missing_cfg_file.rpartition("/")
         options = list(ex.options or [])
@@ -173,7 +175,8 @@ def hydra_problem(ex: BaseException) -> str | None:
             parent, _, leaf = key.rpartition(".")
             known = known_keys(parent)
             if known:  # a schema's section: a key it does not define would be refused anyway
-                return f"{key}: unknown key{did_you_mean(leaf, known)}; known here: {', '.join(sorted(known))}"
+                where = " (of all data kinds)" if parent == "data" else ""
+                return f"{key}: unknown key{did_you_mean(leaf, known)}; known here{where}: {', '.join(sorted(known))}"
             return f"{key}: unknown key; to add a key that is not in the config, write +{key}=..."
         cause = ex.__cause__
         lines = [line.strip() for line in text.splitlines() if line.strip()]

@@ -62,9 +62,13 @@ def register_defaults() -> None:
 
 def preset_fields(group: str) -> list[str]:
     """The keys a preset of ``group`` may hold, for the groups whose presets are YAML files and may
-    leave keys out (``data.seed``, ``init.warm_start``...); [] for the others."""
+    leave keys out (``data.seed``, ``init.warm_start``, ``model.ties``...); [] for the others."""
     from runner.schema import field_names
 
+    if group == "model":
+        from runner.model.build import MODEL_KEYS
+
+        return sorted(MODEL_KEYS)
     if group == "data":
         from runner.data import KINDS
 
@@ -76,26 +80,33 @@ def preset_fields(group: str) -> list[str]:
     return []
 
 
-_SETTING = re.compile(r"(?P<group>data|init)\.(?P<key>[A-Za-z_][\w-]*)[^=]*=")
+_SETTING = re.compile(r"(?P<group>model|data|init)\.(?P<key>[A-Za-z_][\w-]*)[^=]*=")
+
+
+def _schema_key(item: str, fields: dict[str, list[str]]) -> bool:
+    """Whether ``item`` is a plain override of a key its group's schema defines."""
+    m = _SETTING.match(item)
+    if not m:
+        return False
+    if m["group"] not in fields:
+        fields[m["group"]] = preset_fields(m["group"])  # imports the group's module: only when asked
+    return m["key"] in fields[m["group"]]
 
 
 def settable(overrides: Sequence[str]) -> list[str]:
-    """``overrides`` with every plain ``data.KEY=...`` / ``init.KEY=...`` whose key the group's
-    schema defines written as Hydra's add-or-override (``++data.seed=3``): a YAML preset need not
-    list every key its schema has, and one it leaves out is set like one it lists. Any other
-    override is left to Hydra as written (an unknown key is still an error)."""
+    """``overrides`` with every plain ``model.KEY=...`` / ``data.KEY=...`` / ``init.KEY=...``
+    whose key the group's schema defines written as Hydra's add-or-override (``++data.seed=3``):
+    a YAML preset need not list every key its schema has, and one it leaves out is set like one it
+    lists. Any other override is left to Hydra as written (an unknown key is still an error)."""
     fields: dict[str, list[str]] = {}
-    out = []
-    for item in overrides:
-        m = _SETTING.match(item)
-        if m:
-            group = m["group"]
-            if group not in fields:
-                fields[group] = preset_fields(group)  # imports the group's module: only when asked
-            if m["key"] in fields[group]:
-                item = "++" + item
-        out.append(item)
-    return out
+    return ["++" + item if _schema_key(item, fields) else item for item in overrides]
+
+
+def as_typed(overrides: Sequence[str]) -> list[str]:
+    """The inverse of :func:`settable`, for what users read (run tags, sweep job names): the
+    ``++`` it adds is left out again."""
+    fields: dict[str, list[str]] = {}
+    return [item[2:] if item.startswith("++") and _schema_key(item[2:], fields) else item for item in overrides]
 
 
 @dataclass

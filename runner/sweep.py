@@ -57,13 +57,14 @@ class SweepCallback(Callback):
         if t is None:
             (sweep_dir / SWEEP_FILE).write_text(json.dumps(info))
             return
+        from runner.config import as_typed
         from runner.tracking.config import check_store, client as mlflow_client, default_uri, redact
         from runner.tracking.run import ensure_experiment, store_folder
 
         uri = t.get("uri") or default_uri()
         check_store(uri)  # a store that cannot be opened fails the sweep once, before any job
         artifact_root = store_folder(uri)
-        overrides = redact(" ".join(config.hydra.overrides.task)) or "(none)"
+        overrides = redact(" ".join(as_typed(config.hydra.overrides.task))) or "(none)"
         try:
             client = mlflow_client(uri)
             exp_id = ensure_experiment(client, t.get("experiment") or "runner", artifact_root)
@@ -196,7 +197,9 @@ def job_context() -> dict | None:
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parser = OverridesParser.create()
-    overrides = list(hc.overrides.task)
+    from runner.config import as_typed
+
+    overrides = as_typed(hc.overrides.task)
 
     def same(text: str) -> tuple:  # compare parsed values: sweepers re-render "false" as "False"
         o = parser.parse_override(text)

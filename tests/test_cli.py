@@ -62,6 +62,18 @@ def test_multirun_inspect_sweeps(tmp_path):
         assert "seed: 7" in (tmp_path / "s" / job / ".hydra" / "config.yaml").read_text().split("data:")[1]
 
 
+def test_settable_marks_only_plain_overrides_of_schema_keys():
+    from runner.config import as_typed, settable
+
+    given = ["data.seed=3", "data.seed=1,2", "init.warm_start={source: a=b}", "model.ties=[]", "data.kind=text",
+             "+data.autoencode=true", "++data.seed=4", "~init.edits", "data.autoencod=true", "train.lr=0.1",
+             "hydra.run.dir=x", "data=file", "model.layers.1.out=3", "datas.seed=1", "job"]
+    sent = settable(given)
+    assert sent == ["++data.seed=3", "++data.seed=1,2", "++init.warm_start={source: a=b}", "++model.ties=[]",
+                    "++data.kind=text", *given[5:12], "++model.layers.1.out=3", *given[13:]]
+    assert as_typed(sent) == given[:6] + ["data.seed=4"] + given[7:]  # an explicit ++ reads the same
+
+
 def test_schema_keys_a_preset_leaves_out_are_set_like_listed_ones():
     import runner
 

@@ -49,7 +49,7 @@ def test_parallel_joblib_sweep_on_a_fresh_store_nests_every_job_under_one_parent
 
 
 def test_a_failing_job_ends_failed_while_the_others_finish(store, tmp_path):
-    r = sweep(tmp_path, store.uri, "train.lr=0.01,1e30", "train.nonfinite.policy=abort")
+    r = sweep(tmp_path, store.uri, "train.lr=0.01,1e30", "train.nonfinite.policy=abort", "data.seed=5")
     assert r.returncode == 1
     assert "error in job 1" in r.stderr and "non-finite" in r.stderr
     assert "Traceback" not in r.stderr
@@ -59,6 +59,9 @@ def test_a_failing_job_ends_failed_while_the_others_finish(store, tmp_path):
     assert statuses == ["FAILED", "FINISHED"]
     parent = next(x for x in runs if x.data.tags.get("runner.sweep") == "parent")
     assert parent.info.status == "FAILED"
+    # data.seed is in no data preset (it goes to Hydra as ++data.seed=5); the tags say it as typed
+    for run in (parent, *children.values()):
+        assert "data.seed=5" in run.data.tags["runner.overrides"] and "++" not in run.data.tags["runner.overrides"]
     assert "1 of 2 jobs failed" in r.stderr
 
 

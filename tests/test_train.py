@@ -298,6 +298,24 @@ def test_sink_delivers_everything_even_with_a_tiny_queue(store):
     assert [m.value for m in store.client.get_metric_history(run_id, "m3/x")] == [3.0 * s for s in range(1, 51)]
 
 
+def test_a_flush_has_the_writer_write_what_it_holds_at_once(store, monkeypatch):
+    import runner.tracking.sink as sink_module
+
+    monkeypatch.setattr(sink_module, "FLUSH_SECONDS", 3600.0)  # the forked writer would hold values an hour
+    exp = store.client.create_experiment("flush")
+    run_id = store.client.create_run(exp).info.run_id
+    sink = MlflowSink(store.uri, run_id)
+    sink.wait_ready()
+    sink.log({"train/loss": 0.5}, 1)
+    sink.flush()  # as before a checkpoint
+    deadline = time.time() + 60
+    while time.time() < deadline and not store.client.get_metric_history(run_id, "train/loss"):
+        time.sleep(0.1)
+    held = store.client.get_metric_history(run_id, "train/loss")
+    sink.close()
+    assert [(m.step, m.value) for m in held] == [(1, 0.5)]
+
+
 def test_keys_the_store_refuses_are_dropped_once_and_every_other_value_is_delivered(store, tmp_path):
     """One key MLflow's validation refuses (a character it does not allow) and one only the store
     refuses (longer than its column): the real writer reports each once, drops only those, and

@@ -108,9 +108,9 @@ class MlflowSink:
                 except queue.Empty:
                     break
             flushes = [item[1] for item in items if item != STOP and item[0] == FLUSH]
-            try:
-                pickle.dump([item for item in items if item == STOP or item[0] != FLUSH], self._proc.stdin,
-                            protocol=pickle.HIGHEST_PROTOCOL)
+            try:  # a flush reaches the writer as a plain marker: it writes what it holds at once
+                pickle.dump([(FLUSH,) if item != STOP and item[0] == FLUSH else item for item in items],
+                            self._proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
                 self._proc.stdin.flush()
             except (BrokenPipeError, OSError):
                 return  # the writer is gone; _put notices and stops waiting for it
@@ -120,8 +120,9 @@ class MlflowSink:
                 return
 
     def flush(self, timeout: float = 60) -> None:
-        """Hand everything queued so far to the writer process, which outlives this one: what
-        was logged before a checkpoint then reaches the store even if training is killed."""
+        """Hand everything queued so far to the writer process, which outlives this one and
+        writes it at once (not after ``FLUSH_SECONDS``): what was logged before a checkpoint then
+        reaches the store even if training is killed."""
         if self._closed or self._dead:
             return
         done = threading.Event()
@@ -497,13 +498,14 @@ def _writer_main(uri: str, run_id: str, spool_file: str | None = None, drain_sec
             writer.handle(pending)
             writer.drain()
             break
-        if item is not None:
+        flush = item is not None and item[0] == FLUSH  # a checkpoint: write what is held now
+        if item is not None and not flush:
             if not pending:
                 since = time.monotonic()
             pending.append(item)
             waiting += len(item[3]) if item[0] == "metrics" else 0
         # write in large batches: fewer, bigger store calls cost far less per value
-        if pending and (waiting >= BATCH or time.monotonic() - since >= FLUSH_SECONDS):
+        if pending and (flush or waiting >= BATCH or time.monotonic() - since >= FLUSH_SECONDS):
             writer.handle(pending)
             pending, waiting = [], 0
     print(json.dumps({"delivered": writer.delivered, "images": writer.images, "errors": writer.errors,

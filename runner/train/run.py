@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from runner.config import as_typed
 from runner.errors import UserError
 from runner.tables import run_directory, write_reports
 from runner.tracking.config import redact
@@ -18,7 +19,7 @@ def hydra_tags() -> dict[str, str]:
         hc = HydraConfig.get()
         tags = {f"runner.{group}": str(choice) for group, choice in hc.runtime.choices.items()
                 if not group.startswith("hydra") and choice is not None}
-        tags["runner.overrides"] = redact(" ".join(hc.overrides.task)) or "(none)"
+        tags["runner.overrides"] = redact(" ".join(as_typed(hc.overrides.task))) or "(none)"
         return tags
     except (ImportError, ValueError):
         return {}
@@ -240,10 +241,7 @@ QUIET_PREFIXES = ("tracking.", "hydra.", "checkpoint.", "train.progress", "train
 
 def telling_overrides(overrides: str) -> str:
     """The command line's overrides that can change the weights (not where things are logged)."""
-    # "++key=value" (add or override, how runner.config.settable passes schema keys a preset leaves
-    # out) reads as the "key=value" that was typed
-    kept = [o.removeprefix("++") for o in overrides.split()]
-    kept = [o for o in kept if not o.startswith(QUIET_PREFIXES)]
+    kept = [o for o in overrides.split() if not o.startswith(QUIET_PREFIXES)]
     return " ".join(kept) or "(defaults)"
 
 
