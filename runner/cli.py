@@ -175,8 +175,7 @@ def hydra_problem(ex: BaseException) -> str | None:
             parent, _, leaf = key.rpartition(".")
             known = known_keys(parent)
             if known:  # a schema's section: a key it does not define would be refused anyway
-                where = " (of all data kinds)" if parent == "data" else ""
-                return f"{key}: unknown key{did_you_mean(leaf, known)}; known here{where}: {', '.join(sorted(known))}"
+                return f"{key}: unknown key{did_you_mean(leaf, known)}; known here: {', '.join(sorted(known))}"
             return f"{key}: unknown key; to add a key that is not in the config, write +{key}=..."
         cause = ex.__cause__
         lines = [line.strip() for line in text.splitlines() if line.strip()]
@@ -188,12 +187,10 @@ def hydra_problem(ex: BaseException) -> str | None:
 
 def known_keys(path: str) -> list[str]:
     """The keys a config path may hold, from the schemas (for did-you-mean); [] when unknown."""
-    from runner.config import TopConfig, preset_fields, schemas
+    from runner.config import TopConfig, schemas
     from runner.schema import _schema_in, field_names
 
     parts = path.split(".") if path else []
-    if len(parts) == 1 and preset_fields(parts[0]):
-        return preset_fields(parts[0])
     top = {name: _schema_in(info.annotation) for name, info in TopConfig.model_fields.items()}
     if not parts:
         return [*top, "model", "init", "data", *schemas()]  # model, init, data: groups with YAML presets only

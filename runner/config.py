@@ -60,53 +60,23 @@ def register_defaults() -> None:
     cs.store(group="hydra/help", name="runner", node=help_node(), provider="runner")
 
 
-def preset_fields(group: str) -> list[str]:
-    """The keys a preset of ``group`` may hold, for the groups whose presets are YAML files and may
-    leave keys out (``data.seed``, ``init.warm_start``, ``model.ties``...); [] for the others."""
-    from runner.schema import field_names
-
-    if group == "model":
-        from runner.model.build import MODEL_KEYS
-
-        return sorted(MODEL_KEYS)
-    if group == "data":
-        from runner.data import KINDS
-
-        return sorted({key for cls in KINDS.values() for key in field_names(cls)})
-    if group == "init":
-        from runner.init.rules import InitConfig
-
-        return field_names(InitConfig)
-    return []
-
-
-_SETTING = re.compile(r"(?P<group>model|data|init)\.(?P<key>[A-Za-z_][\w-]*)[^=]*=")
-
-
-def _schema_key(item: str, fields: dict[str, list[str]]) -> bool:
-    """Whether ``item`` is a plain override of a key its group's schema defines."""
-    m = _SETTING.match(item)
-    if not m:
-        return False
-    if m["group"] not in fields:
-        fields[m["group"]] = preset_fields(m["group"])  # imports the group's module: only when asked
-    return m["key"] in fields[m["group"]]
+# overrides of keys inside the groups whose presets are YAML files (a preset need not list every key
+# its schema has): "data.seed=3", "model.layers.1.out=8", not "data=text" or "+data.seed=3"
+_IN_PRESET = re.compile(r"(model|data|init)\.[^=]*=")
 
 
 def settable(overrides: Sequence[str]) -> list[str]:
     """``overrides`` with every plain ``model.KEY=...`` / ``data.KEY=...`` / ``init.KEY=...``
-    whose key the group's schema defines written as Hydra's add-or-override (``++data.seed=3``):
-    a YAML preset need not list every key its schema has, and one it leaves out is set like one it
-    lists. Any other override is left to Hydra as written (an unknown key is still an error)."""
-    fields: dict[str, list[str]] = {}
-    return ["++" + item if _schema_key(item, fields) else item for item in overrides]
+    written as Hydra's add-or-override (``++data.seed=3``): a YAML preset need not list every key
+    its schema has, and one it leaves out is set like one it lists. The schemas then judge the
+    keys, all at once, with the data kind's own list (an unknown key is still an error)."""
+    return ["++" + item if _IN_PRESET.match(item) else item for item in overrides]
 
 
 def as_typed(overrides: Sequence[str]) -> list[str]:
     """The inverse of :func:`settable`, for what users read (run tags, sweep job names): the
     ``++`` it adds is left out again."""
-    fields: dict[str, list[str]] = {}
-    return [item[2:] if item.startswith("++") and _schema_key(item[2:], fields) else item for item in overrides]
+    return [item[2:] if item.startswith("++") and _IN_PRESET.match(item[2:]) else item for item in overrides]
 
 
 @dataclass

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli, run_main
+from runner.errors import ConfigError
 
 
 def test_inspect_nested_prints_summary_params_and_values(run_dir):
@@ -62,7 +63,7 @@ def test_multirun_inspect_sweeps(tmp_path):
         assert "seed: 7" in (tmp_path / "s" / job / ".hydra" / "config.yaml").read_text().split("data:")[1]
 
 
-def test_settable_marks_only_plain_overrides_of_schema_keys():
+def test_settable_marks_only_plain_overrides_inside_the_yaml_preset_groups():
     from runner.config import as_typed, settable
 
     given = ["data.seed=3", "data.seed=1,2", "init.warm_start={source: a=b}", "model.ties=[]", "data.kind=text",
@@ -70,7 +71,8 @@ def test_settable_marks_only_plain_overrides_of_schema_keys():
              "hydra.run.dir=x", "data=file", "model.layers.1.out=3", "datas.seed=1", "job"]
     sent = settable(given)
     assert sent == ["++data.seed=3", "++data.seed=1,2", "++init.warm_start={source: a=b}", "++model.ties=[]",
-                    "++data.kind=text", *given[5:12], "++model.layers.1.out=3", *given[13:]]
+                    "++data.kind=text", *given[5:8], "++data.autoencod=true", *given[9:12], "++model.layers.1.out=3",
+                    *given[13:]]
     assert as_typed(sent) == given[:6] + ["data.seed=4"] + given[7:]  # an explicit ++ reads the same
 
 
@@ -82,8 +84,8 @@ def test_schema_keys_a_preset_leaves_out_are_set_like_listed_ones():
     data = prepared.data
     assert prepared.config.data.autoencode is True and prepared.config.init.allow_unmatched is True
     assert torch.equal(data.y_val, data.x_val.flatten(1))  # the input is its own target
-    with pytest.raises(Exception, match="Could not override 'data.autoencod'"):
-        runner.compose(["data.autoencod=true"])  # a key no data kind has stays an error
+    with pytest.raises(ConfigError, match=r"data.autoencod: unknown key for 'kind uniform_regression' \(did you mean"):
+        runner.prepare(runner.compose(["data.autoencod=true"]))  # a key the data kind lacks stays an error
 
 
 @pytest.mark.parametrize("args, expected", [

@@ -138,7 +138,7 @@ CASES = [
     ("preset-unknown", "runner", ["model=nope"], 2, "model: no preset named 'nope'"),
     ("preset-typo", "runner", ["init=d2l_norml"], 2, "init: no preset named 'd2l_norml' (did you mean 'd2l_normal'?)"),
     ("key-unknown", "runner", ["train.lrr=0.1"], 2, "train.lrr: unknown key (did you mean 'lr'?)"),
-    ("data-key-unknown", "runner", ["data.autoencod=true"], 2, "data.autoencod: unknown key (did you mean 'autoencode'?)"),
+    ("data-key-unknown", "runner", ["data.autoencod=true"], 2, "data.autoencod: unknown key for 'kind uniform_regression' (did you mean 'autoencode'?)"),
     ("data-key-unparsable", "runner", ["data.seed=[1,2"], 2, "cannot parse the override 'data.seed=[1,2'"),
     ("init-rule-index-outside", "runner", ["init.rules.9.init=zeros"], 2, "Error merging override init.rules.9.init=zeros"),
     ("data-key-other-kind", "runner", ["data=text", "data.classes=3"], 2, "data.classes: unknown key for 'kind text'"),
