@@ -12,7 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from runner.config import register_defaults, settable
+from runner.config import register_defaults, settable, typed_text
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -146,7 +146,6 @@ def run_task(cfg: DictConfig, job: dict | None = None):
 
 
 SUBCOMMANDS = ("layers", "report")
-AS_GIVEN: dict[str, str] = {}  # overrides written as add-or-override (runner.config.settable) -> as typed
 
 
 def hydra_problem(ex: BaseException) -> str | None:
@@ -156,17 +155,14 @@ def hydra_problem(ex: BaseException) -> str | None:
 
     from runner.errors import did_you_mean, first_line
 
-    text = str(ex)
-    for sent, typed in AS_GIVEN.items():
-        text = text.replace(sent, typed)
+    text = typed_text(str(ex))
     if isinstance(ex, MissingConfigException) and ex.missing_cfg_file and "/" in ex.missing_cfg_file:
         group, _, name = ex.missing_cfg_file.rpartition("/")
         options = list(ex.options or [])
         listing = f"; presets: {', '.join(options)}" if options else ""
         return f"{group}: no preset named {name!r}{did_you_mean(name, options)}{listing}"
     if isinstance(ex, OverrideParseException):
-        override = getattr(ex, "override", "") or ""
-        override = AS_GIVEN.get(override, override)
+        override = typed_text(getattr(ex, "override", "") or "")
         return (f"cannot parse the override {override!r}: {first_line(Exception(getattr(ex, 'message', text)))} "
                 "(the grammar: https://hydra.cc/docs/advanced/override_grammar/basic; quote values with spaces)")
     if isinstance(ex, ConfigCompositionException):
@@ -249,9 +245,7 @@ def main() -> None:
 
         sys.exit(report_main(sys.argv[2:]))
     report_hydra_errors()
-    given = sys.argv[1:]
-    sys.argv[1:] = settable(given)
-    AS_GIVEN.update((new, old) for new, old in zip(sys.argv[1:], given) if new != old)
+    sys.argv[1:] = settable(sys.argv[1:])
     _app()
 
 

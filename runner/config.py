@@ -79,6 +79,14 @@ def as_typed(overrides: Sequence[str]) -> list[str]:
     return [item[2:] if item.startswith("++") and _IN_PRESET.match(item[2:]) else item for item in overrides]
 
 
+def typed_text(text: str) -> str:
+    """``text`` (a message of Hydra's quoting overrides) with those :func:`settable` wrote as typed."""
+    return _SENT.sub("", text)
+
+
+_SENT = re.compile(r"\+\+(?=(?:model|data|init)\.[^=\s]*=)")
+
+
 @dataclass
 class RunConfig:
     """A validated config: each group as its typed schema, defaults filled in."""
